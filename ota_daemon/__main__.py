@@ -1,0 +1,3 @@
+from ota_daemon.cli import main
+
+raise SystemExit(main())

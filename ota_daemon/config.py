@@ -1,0 +1,521 @@
+"""Configuration: a TOML file, overridden by ``OTA_DAEMON_<SECTION>__<KEY>`` variables,
+overlaid (allow-listed keys only) by the hub's config property.
+
+Every value is validated when it loads. A bad file, an unknown key or a bad value raises
+:class:`ConfigError` with one message that names the file (or variable), the key and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import time as dtime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ota_daemon.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
+ENV_PREFIX = "OTA_DAEMON_"
+ENV_CONFIG = "OTA_DAEMON_CONFIG"
+
+# --------------------------------------------------------------------------- value types
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``4h``, ``1d``, ``1h30m`` or a number of seconds, as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 4h")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a duration that is not negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 30s, 5m or 4h")
+    text = value.strip().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"expected a duration such as 30s, 5m or 4h, got {value!r}")
+    return total
+
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?(?:/s)?$", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """``512k``, ``10M``, ``1GiB``, ``2MB/s`` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512k, 10M or 1G")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("expected a size that is not negative")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value.strip())
+        if match:
+            number, unit, binary = match.groups()
+            base = 1024 if binary or unit else 1
+            if unit and not binary:
+                base = 1000
+            power = " kmgt".index(unit.lower()) if unit else 0
+            return int(float(number) * base**power)
+    raise ValueError(f"expected a size such as 512k, 10M or 1G, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WINDOW_RE = re.compile(
+    r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?(?P<t1>\d{1,2}:\d{2})-(?P<t2>\d{1,2}:\d{2})$", re.IGNORECASE
+)
+
+
+class Window(BaseModel):
+    """A weekly maintenance window: ``Mon-Fri 02:00-04:00``, ``Sat 00:00-06:00``, ``22:00-05:00``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    days: frozenset[int]
+    start: dtime
+    end: dtime
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if len(parts) != 1:
+            raise ValueError("expected one window such as 'Mon-Fri 02:00-04:00'; use a list for several")
+        match = _WINDOW_RE.match(parts[0])
+        if match is None:
+            raise ValueError(f"expected a window such as 'Mon-Fri 02:00-04:00', got {text!r}")
+        d1, d2 = match.group("d1"), match.group("d2")
+        if d1 is None:
+            days = frozenset(range(7))
+        else:
+            if d1.lower() not in _DAYS or (d2 and d2.lower() not in _DAYS):
+                raise ValueError(f"unknown weekday in {text!r}; expected Mon, Tue, Wed, Thu, Fri, Sat, Sun")
+            first = _DAYS.index(d1.lower())
+            last = _DAYS.index(d2.lower()) if d2 else first
+            span = (last - first) % 7
+            days = frozenset((first + i) % 7 for i in range(span + 1))
+        try:
+            h1, m1 = (int(x) for x in match.group("t1").split(":"))
+            h2, m2 = (int(x) for x in match.group("t2").split(":"))
+            start = dtime(h1, m1) if h1 < 24 else dtime(0, 0)
+            end = dtime(h2, m2) if h2 < 24 else dtime(23, 59, 59, 999999)
+        except ValueError as exc:
+            raise ValueError(f"bad time in window {text!r}: {exc}") from None
+        return cls(text=text, days=days, start=start, end=end)
+
+
+def _parse_windows(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        return [Window.parse(v) if isinstance(v, str) else v for v in value]
+    raise ValueError("expected a window such as 'Mon-Fri 02:00-04:00' or a list of them")
+
+
+Windows = Annotated[list[Window] | None, BeforeValidator(_parse_windows)]
+
+# --------------------------------------------------------------------------- sections
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SystemConfig(_Section):
+    name: str | None = Field(default=None, description="system name; default: build-info .name, else IMAGE_ID")
+    build_info: Path = Path("/etc/rugix/system-build-info.json")
+    os_release: Path = Path("/etc/os-release")
+    version: str | None = Field(default=None, description="running version; normally read from build-info")
+
+
+_PATH_PART = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
+
+
+class HubConfig(_Section):
+    kind: str = "static"
+    url: str | None = None
+    path: str | None = None
+    allow_insecure: bool = False
+    image_asset: str = "{system}.{ext}"
+    build_info_asset: str = "{system}.build-info.json"
+    timeout: Duration = 30.0
+    # nexigon
+    agent_socket: Path = Path("/run/nexigon/agent/control/socket.sock")
+    agent_bin: str = "nexigon-agent"
+    config_property: str = "dev.nexigon.ota.config"
+    status_property: str = "dev.nexigon.ota.status"
+    legacy_config: Path | None = Path("/etc/nexigon-rugix-ota.json")
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.split("/")
+        if len(parts) != 3 or not all(_PATH_PART.match(p) for p in parts):
+            raise ValueError(
+                "expected 'repository/package/tag', three names of letters, digits, '.', '_' or '-'"
+            )
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, value: str) -> str:
+        from ota_daemon.hubs import HUBS
+
+        if value not in HUBS:
+            raise ValueError(f"unknown hub kind {value!r}; valid: {', '.join(sorted(HUBS))}")
+        return value
+
+
+class SimulatedConfig(_Section):
+    device_dir: Path | None = Field(default=None, description="default: <state.dir>/sim-device")
+    on_reboot: Literal["apply", "exit"] = "apply"
+    write_chunk: Size = 1024 * 1024
+
+
+class RugixConfig(_Section):
+    bin: str = "rugix-ctrl"
+    use_bundle_hash: bool = False
+    insecure_skip_bundle_verification: bool = False
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class RaucConfig(_Section):
+    bin: str = "rauc"
+    bus: str = "system"
+
+
+class SwupdateConfig(_Section):
+    bin: str = "swupdate"
+    client_bin: str = "swupdate-client"
+    public_key: Path | None = None
+    selection: str = "stable,copy1|copy2"
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class InstallerConfig(_Section):
+    kind: str = "simulated"
+    simulated: SimulatedConfig = Field(default_factory=SimulatedConfig)
+    rugix: RugixConfig = Field(default_factory=RugixConfig)
+    rauc: RaucConfig = Field(default_factory=RaucConfig)
+    swupdate: SwupdateConfig = Field(default_factory=SwupdateConfig)
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, value: str) -> str:
+        from ota_daemon.installers import INSTALLERS
+
+        if value not in INSTALLERS:
+            raise ValueError(f"unknown installer {value!r}; valid: {', '.join(sorted(INSTALLERS))}")
+        return value
+
+
+class DownloadConfig(_Section):
+    mode: Literal["auto", "url", "stream", "file"] = "auto"
+    cache_dir: Path | None = Field(default=None, description="default: <state.dir>/cache")
+    max_rate: Size | None = None
+    min_rate: Size = 1024
+    min_rate_window: Duration = 60.0
+    free_space_margin: Size = 64 * 1024 * 1024
+    connect_timeout: Duration = 30.0
+    max_retries: int = Field(default=8, ge=0)
+    retry_max_wait: Duration = 300.0
+    chunk_size: Size = 1024 * 1024
+
+
+class PollConfig(_Section):
+    interval: Duration = 4 * 3600.0
+    jitter: Duration = 300.0
+    initial_delay: Duration = 0.0
+
+
+class StateConfig(_Section):
+    dir: Path = Path("/var/lib/ota-daemon")
+
+
+class PolicyConfig(_Section):
+    allow_downgrade: bool = False
+    max_attempts: int = Field(default=1, ge=1)
+    max_phase_entries: int = Field(default=3, ge=1)
+    reboot: Literal["immediate", "window", "manual"] = "immediate"
+    install_window: Windows = None
+    reboot_window: Windows = None
+    max_deferral: Duration = 7 * 86400.0
+
+
+class HealthCheckConfig(_Section):
+    kind: Literal["systemd", "command", "http", "hub"]
+    name: str | None = None
+    unit: str | None = None
+    command: list[str] | None = None
+    url: str | None = None
+    timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _needs(self) -> HealthCheckConfig:
+        need = {"systemd": "unit", "command": "command", "http": "url"}.get(self.kind)
+        if need and not getattr(self, need):
+            raise ValueError(f"a {self.kind!r} check needs '{need}'")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        detail = {"systemd": self.unit, "command": " ".join(self.command or []), "http": self.url}.get(self.kind)
+        return f"{self.kind}:{detail}" if detail else self.kind
+
+
+class HealthConfig(_Section):
+    deadline: Duration = 300.0
+    interval: Duration = 10.0
+    checks: list[HealthCheckConfig] | None = Field(default=None, description="default: the hub answers")
+
+
+class GuardConfig(_Section):
+    timeout: Duration = 1800.0
+
+
+class HooksConfig(_Section):
+    dir: Path = Path("/etc/ota-daemon/hooks.d")
+    timeout: Duration = 300.0
+
+
+class TlsConfig(_Section):
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(BaseSettings):
+    """The whole configuration. ``source`` names where it came from, for messages."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
+    installer: InstallerConfig = Field(default_factory=InstallerConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    poll: PollConfig = Field(default_factory=PollConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init values); no .env, no secrets dir.
+        return (env_settings, init_settings)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.download.cache_dir or self.state.dir / "cache"
+
+    @property
+    def sim_device_dir(self) -> Path:
+        return self.installer.simulated.device_dir or self.state.dir / "sim-device"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as JSON, safe to publish (no local secrets)."""
+        data = self.model_dump(mode="json", exclude={"tls"})
+        for section in ("policy",):
+            for key in ("install_window", "reboot_window"):
+                windows = data.get(section, {}).get(key)
+                if windows:
+                    data[section][key] = [w["text"] for w in windows]
+        return data
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_error(err: Mapping[str, Any], source: str, env: Mapping[str, str]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "(top level)"
+    env_name = ENV_PREFIX + "__".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)).upper()
+    where = f"environment variable {env_name}" if env_name in {k.upper() for k in env} else source
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key '{loc}'"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None or "got " in msg else f" (got {str(given)[:60]!r})"
+    return f"{where}: key '{loc}': {msg}{shown}"
+
+
+def config_path(cli_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if cli_path:
+        return Path(cli_path)
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    return DEFAULT_CONFIG_PATH
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: configuration file not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+
+
+def build_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate ``data`` (the file's tables) with environment overrides."""
+    env = dict(os.environ if env is None else env)
+    unknown = sorted(
+        k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() != ENV_CONFIG and "__" not in k[len(ENV_PREFIX):]
+    )
+    if unknown:
+        raise ConfigError(
+            f"environment variable {unknown[0]}: expected OTA_DAEMON_<SECTION>__<KEY> (or OTA_DAEMON_CONFIG)"
+        )
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+    try:
+        # pydantic-settings reads os.environ; make it see exactly ``env``.
+        for k in saved:
+            del os.environ[k]
+        os.environ.update({k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)})
+        os.environ.pop(ENV_CONFIG, None)
+        return Config(**dict(data))
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise ConfigError(_format_error(errors[0], source, env) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")) from None
+    finally:
+        for k in [k for k in os.environ if k.upper().startswith(ENV_PREFIX)]:
+            del os.environ[k]
+        os.environ.update(saved)
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None, must_exist: bool | None = None) -> Config:
+    """Load the configuration file (or defaults when the default path is absent)."""
+    env = os.environ if env is None else env
+    chosen = config_path(path, env)
+    explicit = path is not None or bool(env.get(ENV_CONFIG))
+    if must_exist is None:
+        must_exist = explicit
+    if not chosen.exists() and not must_exist:
+        return build_config({}, source=f"{chosen} (absent: defaults)", env=env)
+    return build_config(read_toml(chosen), source=str(chosen), env=env)
+
+
+# --------------------------------------------------------------------------- hub overlay
+
+#: property key -> (section, key, validator section model). Security settings are absent on purpose.
+OVERLAY_KEYS: dict[str, tuple[str, str]] = {
+    "path": ("hub", "path"),
+    "pollInterval": ("poll", "interval"),
+    "pollJitter": ("poll", "jitter"),
+    "installWindow": ("policy", "install_window"),
+    "rebootWindow": ("policy", "reboot_window"),
+    "rebootPolicy": ("policy", "reboot"),
+    "maxDeferral": ("policy", "max_deferral"),
+}
+#: keys understood elsewhere (not config values)
+OVERLAY_FLAGS = frozenset({"retryFailed"})
+
+
+def apply_overlay(config: Config, overlay: Any) -> tuple[Config, list[str]]:
+    """Merge the hub's config property over ``config``, allow-listed keys only.
+
+    Returns the effective config and a list of problems (each naming the key). A property
+    that is not an object is ignored entirely; a bad value of one key is ignored alone.
+    Also accepts the nested form (``{"poll": {"interval": "1h"}}``) for the same keys.
+    """
+    if overlay is None:
+        return config, []
+    if not isinstance(overlay, dict):
+        return config, [f"config property is {type(overlay).__name__}, expected a JSON object; ignored"]
+    flat: dict[str, Any] = {}
+    problems: list[str] = []
+    reverse = {f"{s}.{k}": name for name, (s, k) in OVERLAY_KEYS.items()}
+    for key, value in overlay.items():
+        if key in OVERLAY_KEYS or key in OVERLAY_FLAGS:
+            flat[key] = value
+        elif isinstance(value, dict) and any(f"{key}.{k}" in reverse for k in value):
+            for sub, subvalue in value.items():
+                name = reverse.get(f"{key}.{sub}")
+                if name:
+                    flat[name] = subvalue
+                else:
+                    problems.append(f"config property key '{key}.{sub}' is not one the hub may set; ignored")
+        elif key == "rugix":
+            continue  # the script's local-only setting; silently local-only here too
+        else:
+            problems.append(f"config property key '{key}' is not one the hub may set; ignored")
+    data = config.model_dump()
+    for name, value in flat.items():
+        if name in OVERLAY_FLAGS:
+            continue
+        section, key = OVERLAY_KEYS[name]
+        if value is None:
+            continue  # null: keep the local value
+        trial = {**data, section: {**data[section], key: value}}
+        try:
+            candidate = _validate_plain(trial)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            problems.append(
+                f"config property key '{name}': {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}; ignored"
+            )
+            continue
+        data = candidate.model_dump()
+    return _validate_plain(data), problems
+
+
+def _validate_plain(data: Mapping[str, Any]) -> Config:
+    """Validate without reading the environment (overlay on an already loaded config)."""
+    return Config.model_construct(**{name: field.annotation.model_validate(data[name]) for name, field in Config.model_fields.items()})  # type: ignore[union-attr]

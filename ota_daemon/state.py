@@ -1,0 +1,296 @@
+"""The journal: where an update stands, kept on disk so a power cut at any instant leads to
+a correct next pass.
+
+Every transition is written (temp file, fsync, rename, fsync of the directory) *before*
+its side effect. Phases are stored by name; never rename a value. A journal that cannot
+be read is moved aside and the state is re-derived from the slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ota_daemon.errors import JournalError, LockHeld
+
+SCHEMA_VERSION = 1
+
+
+class Phase(enum.StrEnum):
+    """Where the in-flight attempt stands. The value is what lands on disk."""
+
+    IDLE = "idle"  # nothing in flight
+    DOWNLOADING = "downloading"  # target pinned, image being fetched (no slot touched)
+    INSTALLING = "installing"  # inactive slot being written
+    REBOOTING = "rebooting"  # installed, reboot requested (or waiting for policy)
+    COMMITTING = "committing"  # booted the target; health gate and commit
+
+
+#: The journal's edges: (from, to). Checked by :meth:`Journal.transition`.
+TRANSITIONS: frozenset[tuple[Phase, Phase]] = frozenset(
+    {
+        (Phase.IDLE, Phase.DOWNLOADING),
+        (Phase.IDLE, Phase.INSTALLING),
+        (Phase.DOWNLOADING, Phase.DOWNLOADING),
+        (Phase.DOWNLOADING, Phase.INSTALLING),
+        (Phase.INSTALLING, Phase.INSTALLING),
+        (Phase.INSTALLING, Phase.REBOOTING),
+        (Phase.REBOOTING, Phase.REBOOTING),
+        (Phase.REBOOTING, Phase.COMMITTING),
+        (Phase.COMMITTING, Phase.COMMITTING),
+        # every in-flight phase can end (completed, failed, rolled back, abandoned)
+        (Phase.DOWNLOADING, Phase.IDLE),
+        (Phase.INSTALLING, Phase.IDLE),
+        (Phase.REBOOTING, Phase.IDLE),
+        (Phase.COMMITTING, Phase.IDLE),
+    }
+)
+
+
+def _check_graph() -> None:
+    reachable = {Phase.IDLE}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in TRANSITIONS:
+            if a in reachable and b not in reachable:
+                reachable.add(b)
+                changed = True
+    missing = set(Phase) - reachable
+    if missing:  # pragma: no cover - a broken table fails at import
+        raise RuntimeError(f"journal phases unreachable: {sorted(missing)}")
+    for phase in Phase:
+        if phase is not Phase.IDLE and (phase, Phase.IDLE) not in TRANSITIONS:  # pragma: no cover
+            raise RuntimeError(f"journal phase {phase} cannot end")
+
+
+_check_graph()
+
+
+class AssetRef(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    filename: str
+    size: int
+    digest: str
+    asset_id: str | None = None
+
+
+class Attempt(BaseModel):
+    """One try at one version."""
+
+    id: str
+    target_version: str
+    version_id: str
+    path: str
+    image: AssetRef
+    from_version: str | None = None
+    from_slot: str
+    target_slot: str | None = None
+    started_at: float
+    boot_id: str | None = None  # boot in which the reboot was requested
+    reboot_requested: bool = False
+    bundle_hash: str | None = None
+    source: str = "hub"  # "hub" or "local" (ota-daemon install)
+    # loop protection: how often each phase was entered for this attempt
+    entries: dict[str, int] = Field(default_factory=dict)
+
+
+class QuarantineEntry(BaseModel):
+    version: str
+    version_id: str | None = None
+    reason: str
+    at: float
+    attempts: int = 1
+
+
+class Outcome(BaseModel):
+    state: str  # completed | failed | rollback | blocked | up_to_date
+    attempt_id: str | None = None
+    version: str | None = None
+    error: str | None = None
+    at: float
+
+
+class JournalData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    phase: Phase = Phase.IDLE
+    attempt: Attempt | None = None
+    store_count: int = 0
+    quarantine: dict[str, QuarantineEntry] = Field(default_factory=dict)
+    attempts_per_version: dict[str, int] = Field(default_factory=dict)
+    last_outcome: Outcome | None = None
+    failure_count: int = 0
+    last_error: str | None = None
+    blocked_since: float | None = None
+
+
+def new_attempt_id() -> str:
+    return secrets.token_hex(6)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that a power cut leaves the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) with mode 0700 for the last component."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    return path
+
+
+def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older journal to :data:`SCHEMA_VERSION`."""
+    version = raw.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"journal schema {version!r} is newer than this daemon understands ({SCHEMA_VERSION})")
+    return raw
+
+
+class Journal:
+    """The journal file ``journal.json`` in the state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.path = state_dir / "journal.json"
+        self.data = JournalData()
+        #: set when the journal on disk was unreadable and moved aside this load
+        self.recovered_from: str | None = None
+
+    def load(self) -> JournalData:
+        ensure_private_dir(self.dir)
+        self.recovered_from = None
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            self.data = JournalData()
+            return self.data
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {exc.strerror}") from None
+        try:
+            parsed = json.loads(raw)
+            if not isinstance(parsed, dict):
+                raise ValueError("not a JSON object")
+            self.data = JournalData.model_validate(upgrade(parsed))
+        except (ValueError, ValidationError) as exc:
+            aside = self.path.with_name(f"journal.corrupt.{os.getpid()}.json")
+            try:
+                os.replace(self.path, aside)
+            except OSError as move_exc:
+                raise JournalError(f"{self.path}: unreadable and cannot be moved aside: {move_exc}") from None
+            reason = str(exc).splitlines()[0][:200]
+            self.recovered_from = f"{self.path} was unreadable ({reason}); moved to {aside.name}"
+            self.data = JournalData()
+        return self.data
+
+    def save(self) -> None:
+        self.data.store_count += 1
+        try:
+            atomic_write(self.path, self.data.model_dump_json(indent=1).encode())
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from None
+
+    def transition(self, phase: Phase, **changes: Any) -> int:
+        """Move to ``phase`` (writing first), counting entries for loop protection.
+
+        Returns how often this attempt has entered ``phase`` so far.
+        """
+        current = self.data.phase
+        if (current, phase) not in TRANSITIONS:
+            raise JournalError(f"journal: no transition from {current} to {phase}")
+        for key, value in changes.items():
+            setattr(self.data, key, value)
+        count = 0
+        if self.data.attempt is not None and phase is not Phase.IDLE:
+            entries = self.data.attempt.entries
+            count = entries.get(phase.value, 0) + 1
+            entries[phase.value] = count
+        self.data.phase = phase
+        self.save()
+        from ota_daemon.faults import fault_point
+
+        fault_point(f"journal:{phase.value}")
+        return count
+
+
+class StateLock:
+    """One ota-daemon process at a time may run a pass, install or commit.
+
+    ``flock`` on ``<state.dir>/lock``; the holder's pid and command are written into it so
+    a second caller can say who holds it.
+    """
+
+    def __init__(self, state_dir: Path, command: str) -> None:
+        self.path = state_dir / "lock"
+        self.command = command
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = "another process"
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                holder = f"pid {info.get('pid')} ('ota-daemon {info.get('command')}')"
+            os.close(fd)
+            raise LockHeld(f"{holder} holds {self.path}; try again when it has finished") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": self.command}).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self:
+            yield
