@@ -16,7 +16,15 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ota_daemon.errors import ConfigError
@@ -201,20 +209,103 @@ class RugixConfig(_Section):
     bin: str = "rugix-ctrl"
     use_bundle_hash: bool = False
     insecure_skip_bundle_verification: bool = False
-    extra_args: list[str] = Field(default_factory=list)
+    extra_args: list[str] = Field(default_factory=list, description="added to 'update install' before the bundle")
+    dialect: Literal["1.x", "0.8"] = Field(
+        default="1.x", description="rugix-ctrl flag set: 1.x '--bundle-hash', 0.8 '--verify-bundle'"
+    )
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+    command_timeout: Duration = Field(default=120.0, description="limit for every call except 'update install'")
+    mark_bad_command: bool = Field(
+        default=False, description="also run 'rugix-ctrl boot mark-bad' (boot flows that implement mark_bad)"
+    )
 
 
 class RaucConfig(_Section):
     bin: str = "rauc"
-    bus: str = "system"
+    bus: str = Field(default="system", description="'system', 'session' or a D-Bus address such as unix:path=/run/rauc-test/bus")
+    reboot_command: list[str] = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+    call_timeout: Duration = Field(default=60.0, description="limit for one D-Bus call (not for the whole install)")
+
+    @field_validator("bus")
+    @classmethod
+    def _check_bus(cls, value: str) -> str:
+        if value in ("system", "session") or re.match(r"^[a-z-]+:", value):
+            return value
+        raise ValueError("expected 'system', 'session' or a D-Bus address such as unix:path=/run/dbus/system_bus_socket")
 
 
 class SwupdateConfig(_Section):
+    """SWUpdate (``swupdate -i``) plus the U-Boot environment through libubootenv's tools."""
+
     bin: str = "swupdate"
-    client_bin: str = "swupdate-client"
-    public_key: Path | None = None
-    selection: str = "stable,copy1|copy2"
+    public_key: Path | None = Field(default=None, description="-k: the CA certificate the .swu signer chains to")
+    hwrevision: str | None = Field(default=None, description="-H board:revision; default: swupdate reads /etc/hwrevision")
+    bootloader: str = Field(default="uboot", description="-B: uboot, grub or none")
+    selection: str = Field(default="stable,copy1|copy2", description="<software>,<mode writing slot 1>|<mode writing slot 2>")
+    slots: list[str] = Field(default_factory=lambda: ["A", "B"], description="values of slot_var naming the slots, in the order of the selection's modes")
+    slot_var: str = Field(default="rootpart", description="bootloader variable naming the slot to boot")
+    version_var: str | None = Field(default=None, description="bootloader variable holding a slot's version; '{slot}' is replaced by the slot")
+    booted_from: Literal["env", "cmdline"] = "env"
+    cmdline_path: Path = Path("/proc/cmdline")
+    cmdline_arg: str = Field(default="root", description="kernel argument whose value names the booted slot")
+    cmdline_map: dict[str, str] = Field(default_factory=dict, description="kernel argument value -> slot, e.g. /dev/mmcblk0p2 = A")
+    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+    fw_env_config: Path | None = Field(default=None, description="fw_printenv/fw_setenv -c; must describe the env swupdate uses (/etc/fw_env.config in 2022.12)")
+    fw_printenv_bin: str = "fw_printenv"
+    fw_setenv_bin: str = "fw_setenv"
+    commit_env: dict[str, str] = Field(default_factory=lambda: {"upgrade_available": "0", "bootcount": "0"}, description="set with ustate=0 on commit and mark_bad")
+    trial_env: dict[str, str] = Field(default_factory=lambda: {"upgrade_available": "1", "bootcount": "0"}, description="set with ustate=1 when a reboot arms a try itself")
+    verify_switch: bool = Field(default=True, description="after an install, slot_var must name the written slot")
+    reboot_command: list[str] = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
+    command_prefix: list[str] = Field(default_factory=list, description="run swupdate through this (e.g. a mount-namespace wrapper)")
+    tmp_dir: Path | None = Field(default=None, description="where each install gets its private TMPDIR (sockets, extracted files)")
+    state_file: Path | None = Field(default=None, description="booted slot per boot id (booted_from = env); default: <state.dir>/swupdate-boot.json")
+    log_level: int = Field(default=4, ge=1, le=6, description="swupdate -l; 4 (trace) names the failing handler's cause")
+    timeout: Duration = 7200.0
     extra_args: list[str] = Field(default_factory=list)
+
+    @staticmethod
+    def _env_values(value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
+                raise ValueError(f"bootloader variable name {name!r}: expected letters, digits, '_', '.', ':' or '-'")
+            if "\n" in text or "\x00" in text:
+                raise ValueError(f"bootloader variable {name!r}: the value must be one line")
+        return value
+
+    @field_validator("selection")
+    @classmethod
+    def _check_selection(cls, value: str) -> str:
+        software, _, modes = value.partition(",")
+        parts = modes.split("|")
+        if not software.strip() or len(parts) != 2 or not all(p.strip() for p in parts) or parts[0] == parts[1]:
+            raise ValueError("expected '<software>,<mode of slot 1>|<mode of slot 2>', e.g. 'stable,copy1|copy2'")
+        return value
+
+    @field_validator("slots")
+    @classmethod
+    def _check_slots(cls, value: list[str]) -> list[str]:
+        if len(value) != 2 or len(set(value)) != 2 or not all(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", v) for v in value):
+            raise ValueError("expected two different slot names (the values of slot_var), e.g. ['A', 'B']")
+        return value
+
+    @field_validator("slot_var")
+    @classmethod
+    def _check_slot_var(cls, value: str) -> str:
+        return next(iter(cls._env_values({value: ""})))
+
+    @field_validator("commit_env", "trial_env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return cls._env_values(value)
+
+    @model_validator(mode="after")
+    def _check_map(self) -> SwupdateConfig:
+        for arg, slot in self.cmdline_map.items():
+            if slot not in self.slots:
+                raise ValueError(f"cmdline_map: {arg!r} maps to {slot!r}, which is not one of the slots {self.slots}")
+        return self
 
 
 class InstallerConfig(_Section):

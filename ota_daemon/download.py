@@ -18,6 +18,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -253,7 +254,7 @@ class Downloader:
             )
 
 
-def _read_meta(path: Path) -> dict[str, str]:
+def _read_meta(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
@@ -261,7 +262,7 @@ def _read_meta(path: Path) -> dict[str, str]:
         return {}
 
 
-def _write_meta(path: Path, meta: dict[str, str | None]) -> None:
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
     from ota_daemon.state import atomic_write
 
     atomic_write(path, json.dumps(meta).encode())

@@ -177,11 +177,15 @@ class SlotInfo:
     slots: dict[str, SlotState] = field(default_factory=dict)
     boot_id: str = ""
     pending: str | None = None  # slot that boots once on the next reboot, when the tool tells
+    #: the booted slot runs on trial (try-once boot, not yet marked good); None: booted != primary
+    trial: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def committed(self) -> bool:
-        """Booted from the primary slot: nothing waits for a commit."""
+        """Nothing waits for a commit: the booted slot is not on trial."""
+        if self.trial is not None:
+            return not self.trial
         return self.booted == self.primary
 
     def other(self, slot: str | None = None) -> str:

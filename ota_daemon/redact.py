@@ -7,7 +7,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 _URL_RE = re.compile(r"\b(?:https?|s3|wss?)://[^\s\"'<>]+", re.IGNORECASE)
-_SECRET_KEYS = re.compile(r"(token|secret|password|passwd|signature|credential|authorization|jwt|key)$", re.IGNORECASE)
+_SECRET_KEYS = re.compile(
+    r"(token|secret|password|passwd|signature|credentials?|authorization|jwt|api_?key|private_?key|client_?key)$",
+    re.IGNORECASE,
+)
 
 
 def redact_url(url: str) -> str:

@@ -101,8 +101,8 @@ class Attempt(BaseModel):
     reboot_requested: bool = False
     bundle_hash: str | None = None
     source: str = "hub"  # "hub" or "local" (ota-daemon install)
-    # loop protection: how often each phase was entered for this attempt
-    entries: dict[str, int] = Field(default_factory=dict)
+    #: why the attempt is being undone (a failed health check), for the rollback report
+    failure: str | None = None
 
 
 class QuarantineEntry(BaseModel):
@@ -134,6 +134,8 @@ class JournalData(BaseModel):
     failure_count: int = 0
     last_error: str | None = None
     blocked_since: float | None = None
+    #: loop protection: "<version>:<phase>" -> how often a pass entered that phase for it
+    phase_entries: dict[str, int] = Field(default_factory=dict)
 
 
 def new_attempt_id() -> str:
@@ -228,7 +230,7 @@ class Journal:
     def transition(self, phase: Phase, **changes: Any) -> int:
         """Move to ``phase`` (writing first), counting entries for loop protection.
 
-        Returns how often this attempt has entered ``phase`` so far.
+        Returns how often a pass has entered ``phase`` for this attempt's version.
         """
         current = self.data.phase
         if (current, phase) not in TRANSITIONS:
@@ -237,9 +239,9 @@ class Journal:
             setattr(self.data, key, value)
         count = 0
         if self.data.attempt is not None and phase is not Phase.IDLE:
-            entries = self.data.attempt.entries
-            count = entries.get(phase.value, 0) + 1
-            entries[phase.value] = count
+            key = f"{self.data.attempt.target_version}:{phase.value}"
+            count = self.data.phase_entries.get(key, 0) + 1
+            self.data.phase_entries[key] = count
         self.data.phase = phase
         self.save()
         from ota_daemon.faults import fault_point

@@ -21,7 +21,8 @@ def _static(**kwargs: Any) -> Hub:
 def _nexigon(**kwargs: Any) -> Hub:
     from ota_daemon.hubs.nexigon import NexigonHub
 
-    return NexigonHub.from_config(**kwargs)
+    hub: Hub = NexigonHub.from_config(**kwargs)
+    return hub
 
 
 HUBS: dict[str, Callable[..., Hub]] = {"static": _static, "nexigon": _nexigon}

@@ -34,7 +34,8 @@ def _rauc(**kwargs: Any) -> Installer:
 def _swupdate(**kwargs: Any) -> Installer:
     from ota_daemon.installers.swupdate import SwupdateInstaller
 
-    return SwupdateInstaller.from_config(**kwargs)
+    installer: Installer = SwupdateInstaller.from_config(**kwargs)
+    return installer
 
 
 INSTALLERS: dict[str, Callable[..., Installer]] = {

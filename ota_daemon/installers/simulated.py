@@ -63,7 +63,7 @@ def parse_header(first: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-class RebootRequested(Exception):  # noqa: N818 - a signal, not an error
+class RebootRequested(Exception):
     """Raised by a device configured with ``on_reboot = "exit"``: the process must end so
     the rig can apply the bootloader's decision and start it again."""
 
@@ -84,7 +84,7 @@ class SimulatedDevice:
         (directory / f"slot-{slot}.img").write_bytes(image)
         other = "b" if slot == "a" else "a"
         (directory / f"slot-{other}.img").write_bytes(b"")
-        state = {
+        state: dict[str, Any] = {
             "default": slot,
             "try_next": None,
             "booted": slot,
@@ -134,6 +134,7 @@ class SimulatedDevice:
         state["history"] = ([*state.get("history", []), {"boot": state["boot_count"], "slot": booted, "try": bool(tried)}])[-50:]
         self.write(state)
         slot = state["slots"].get(booted, {})
+        booted = str(booted)
         build_info = {"name": slot.get("name") or "sim", "release": {"id": f"{slot.get('name')}@{slot.get('version')}", "version": slot.get("version") or "0"}}
         atomic_write(self.dir / "system-build-info.json", json.dumps(build_info, indent=2).encode(), mode=0o644)
         return booted

@@ -1,0 +1,263 @@
+"""``ota-daemon run``: the poll loop, signals, sd_notify and the watchdog.
+
+- Polls every ``poll.interval`` plus a random ``poll.jitter``; a pass that fails transiently
+  is retried with exponential backoff and jitter, capped at the interval.
+- SIGUSR1 checks now; SIGHUP reloads the configuration (a bad new file is reported and the old
+  one stays in force); SIGTERM/SIGINT stop cleanly: a running pass is awaited through
+  ``asyncio.shield`` (an install is never cancelled halfway), then STOPPING=1.
+- sd_notify: READY=1 once configured and the first pass is scheduled; STATUS= one line a person
+  reads in ``systemctl status``; WATCHDOG=1 from the main loop at half of ``WATCHDOG_USEC``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+from datetime import datetime
+from typing import Any, Protocol
+
+import structlog
+
+from ota_daemon.clock import Clock, SystemClock
+from ota_daemon.config import Config, load_config
+from ota_daemon.engine import PassResult, Result
+from ota_daemon.errors import ConfigError, LockHeld, OtaError, TransientError
+from ota_daemon.installers.simulated import RebootRequested
+from ota_daemon.model import Progress
+
+log = structlog.get_logger("ota_daemon.daemon")
+
+
+class Notifier(Protocol):
+    def notify(self, state: str) -> None: ...
+
+
+class SdNotifier:
+    """sd_notify through the sdnotify package; silent when not under systemd."""
+
+    def __init__(self) -> None:
+        import sdnotify
+
+        self._n = sdnotify.SystemdNotifier()
+
+    def notify(self, state: str) -> None:
+        if os.environ.get("NOTIFY_SOCKET"):
+            self._n.notify(state)
+
+
+def backoff_delay(failures: int, *, interval: float, base: float = 10.0, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter, capped at the poll interval."""
+    rng = rng or random.Random()
+    cap = max(base, min(interval, base * 2 ** max(0, failures - 1)))
+    return rng.uniform(cap / 2, cap)
+
+
+def _human_rate(rate: float | None) -> str:
+    if not rate:
+        return ""
+    return f" {rate / 1e6:.1f} MB/s"
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: str | None,
+        *,
+        config: Config | None = None,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.config = config or load_config(config_path)
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or SdNotifier()
+        self.rng = rng or random.Random()
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.reload_requested = False
+        self.failures = 0
+        self.next_check: float | None = None
+        self.current: asyncio.Task[PassResult] | None = None
+        self.last_status = ""
+        self.passes = 0
+
+    # ------------------------------------------------------------------ signals
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.check_now)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self.notifier.notify("STOPPING=1")
+        self.stopping.set()
+        self.wake.set()
+
+    def check_now(self) -> None:
+        log.info("check requested (SIGUSR1)")
+        self.wake.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def reload(self) -> None:
+        self.reload_requested = False
+        self.notifier.notify("RELOADING=1")
+        try:
+            self.config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("configuration reload failed; keeping the previous one", error=str(exc))
+        else:
+            log.info("configuration reloaded")
+        self.notifier.notify("READY=1")
+
+    # ------------------------------------------------------------------ status line
+    def set_status(self, text: str) -> None:
+        if text != self.last_status:
+            self.last_status = text
+            self.notifier.notify(f"STATUS={text}")
+
+    def idle_status(self, status: dict[str, Any]) -> str:
+        version = status.get("currentVersion") or "unknown"
+        state = status.get("state") or "idle"
+        text = f"{'idle' if state in ('completed', 'idle') else state}, {version}"
+        if self.next_check is not None:
+            text += f", next check {datetime.fromtimestamp(self.next_check).strftime('%H:%M')}"
+        if status.get("lastError") and state in ("failed", "rollback"):
+            text += f" (last error: {str(status['lastError'])[:80]})"
+        return text
+
+    def on_progress(self, item: Progress, target: str | None) -> None:
+        self.set_status(f"{item.phase} {target or ''} {item.percent:.0f} %{_human_rate(item.rate)}".replace("  ", " "))
+
+    # ------------------------------------------------------------------ loop
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.install_signal_handlers(loop)
+        self.next_check = self.clock.now() + self.config.poll.initial_delay
+        self.notifier.notify("READY=1")
+        self.set_status(f"starting, first check {datetime.fromtimestamp(self.next_check).strftime('%H:%M:%S')}")
+        async with asyncio.TaskGroup() as group:
+            watchdog = group.create_task(self.watchdog())
+            await self.poll_loop()
+            watchdog.cancel()
+        return 0
+
+    async def watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not usec.isdigit():
+            return
+        period = int(usec) / 1e6 / 2
+        while not self.stopping.is_set():
+            self.notifier.notify("WATCHDOG=1")
+            await self.clock.sleep(period)
+
+    async def _wait(self, seconds: float) -> None:
+        self.wake.clear()
+        sleeper = asyncio.ensure_future(self.clock.sleep(max(0.0, seconds)))
+        waker = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def poll_loop(self) -> None:
+        while not self.stopping.is_set():
+            assert self.next_check is not None
+            await self._wait(self.next_check - self.clock.now())
+            if self.stopping.is_set():
+                break
+            if self.reload_requested:
+                self.reload()
+                if not self.wake.is_set() and self.clock.now() < self.next_check:
+                    continue
+            delay = await self.one_pass()
+            self.next_check = self.clock.now() + delay
+
+    async def one_pass(self) -> float:
+        """Run a pass (shielded from cancellation); return the delay until the next one."""
+        interval = self.config.poll.interval
+        self.current = asyncio.ensure_future(self._pass())
+        try:
+            result = await asyncio.shield(self.current)
+        except asyncio.CancelledError:
+            await self.current  # never abandon an install halfway
+            raise
+        except RebootRequested:
+            # a simulated device that reboots by ending the process (the rig restarts it)
+            log.info("simulated reboot requested; exiting for the rig to reboot the device")
+            self.stopping.set()
+            return 0.0
+        except LockHeld as exc:
+            log.warning("pass skipped", reason=str(exc))
+            return min(interval, 60.0)
+        except TransientError as exc:
+            self.failures += 1
+            delay = backoff_delay(self.failures, interval=interval, rng=self.rng)
+            if exc.retry_after:
+                delay = max(delay, min(interval, exc.retry_after))
+            log.warning("pass failed transiently; backing off", error=str(exc), retry_in=round(delay, 1))
+            self.set_status(f"hub unavailable, retry in {delay:.0f}s")
+            return delay
+        except OtaError as exc:
+            self.failures += 1
+            log.error("pass failed", error=str(exc))
+            self.set_status(f"error: {str(exc)[:100]}")
+            return backoff_delay(self.failures, interval=interval, rng=self.rng)
+        finally:
+            self.current = None
+        self.failures = 0
+        self.passes += 1
+        if result.result in (Result.REBOOTING, Result.COMPLETED) or result.result is Result.ROLLED_BACK:
+            # after a reboot request (or a finished attempt) look again soon: the post-reboot
+            # half runs in the next pass if this process survives the reboot (simulated devices)
+            return min(interval, 5.0)
+        return interval + self.rng.uniform(0, self.config.poll.jitter)
+
+    async def _pass(self) -> PassResult:
+        from ota_daemon.app import open_engine
+        from ota_daemon.state import StateLock
+
+        with StateLock(self.config.state.dir, "run"):
+            async with open_engine(self.config, clock=self.clock) as engine:
+                target: dict[str, str | None] = {"v": None}
+
+                def progress(item: Progress) -> None:
+                    self.on_progress(item, target["v"] or engine.telemetry.status.get("targetVersion"))
+
+                engine.telemetry.progress_listeners.append(progress)
+                try:
+                    result = await engine.reconcile()
+                finally:
+                    with contextlib.suppress(OtaError):
+                        await engine.telemetry.flush()
+                interval = self.config.poll.interval
+                upcoming = self.clock.now() + (min(interval, 5.0) if result.result is Result.REBOOTING else interval)
+                self.next_check = upcoming
+                engine.telemetry.set_local(nextCheck=datetime.fromtimestamp(upcoming).isoformat(timespec="seconds"))
+                self.set_status(self.idle_status(engine.telemetry.status))
+                log.info("pass done", result=result.result.value, message=result.message)
+                return result
+
+
+def run_daemon(config_path: str | None, *, log_level: str | None = None, log_format: str | None = None) -> int:
+    from ota_daemon import logs
+
+    notifier = SdNotifier()
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        notifier.notify(f"STATUS=configuration error: {exc}")
+        raise
+    logs.configure(log_level or config.log.level, log_format or config.log.format)
+    daemon = Daemon(config_path, config=config, notifier=notifier)
+    return asyncio.run(daemon.run())

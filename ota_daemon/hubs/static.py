@@ -1,0 +1,181 @@
+"""A static repository: any web server, S3 bucket, CDN, or a local folder.
+
+Layout below ``hub.url`` (``http://``, ``https://`` or ``file://``)::
+
+    <repository>/<package>/tags/<tag>.json           the version document the tag points to
+    <repository>/<package>/versions/<versionId>.json the same document, immutable
+    <repository>/assets/sha256_<hex>                 asset bytes, content-addressed, immutable
+
+A version document has the shape of Nexigon's ``repositories versions info`` output; each
+asset also has ``url``, relative to ``<repository>/`` or absolute. Moving a tag rewrites one
+small file atomically (``ota-daemon repo tag``); assets are uploaded before the tag moves
+(``ota-daemon repo publish``). Idle polls are conditional GETs: the last document and its
+ETag are kept in the state directory, so a 304 costs no parsing and no download.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import unquote, urljoin, urlsplit
+
+import httpx
+from pydantic import ValidationError
+
+from ota_daemon.clock import Clock
+from ota_daemon.errors import ConfigError, HubError, HubUnavailable, TransientError
+from ota_daemon.model import Asset, VersionDocument
+from ota_daemon.redact import redact_url
+from ota_daemon.state import atomic_write
+
+MAX_DOCUMENT = 1 << 20
+
+
+def _parse_document(raw: bytes, where: str) -> VersionDocument:
+    if len(raw) > MAX_DOCUMENT:
+        raise HubError(f"{where}: version document is {len(raw)} bytes, more than {MAX_DOCUMENT}")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise HubError(f"{where}: version document is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise HubError(f"{where}: version document must be a JSON object")
+    try:
+        return VersionDocument.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise HubError(f"{where}: version document field '{loc}': {err['msg']}") from None
+
+
+class StaticHub:
+    kind: ClassVar[str] = "static"
+
+    def __init__(self, *, base_url: str, http: httpx.AsyncClient | None, cache_dir: Path | None = None, allow_insecure: bool = False) -> None:
+        if not base_url.endswith("/"):
+            base_url += "/"
+        scheme = urlsplit(base_url).scheme
+        if scheme not in ("http", "https", "file"):
+            raise ConfigError(f"hub.url: expected an http://, https:// or file:// URL, got scheme {scheme or 'none'!r}")
+        if scheme == "http" and not allow_insecure:
+            raise ConfigError("hub.url: plain http:// is refused; use https:// or set hub.allow_insecure = true locally")
+        self.base_url = base_url
+        self.http = http
+        self.cache_dir = cache_dir
+        self.requests = 0
+
+    @classmethod
+    def from_config(cls, *, config: Any, http: httpx.AsyncClient | None = None, clock: Clock | None = None, **_: Any) -> StaticHub:
+        if not config.hub.url:
+            raise ConfigError("hub.url: required for hub.kind = 'static' (an http(s):// or file:// base URL)")
+        return cls(base_url=config.hub.url, http=http, cache_dir=config.state.dir, allow_insecure=config.hub.allow_insecure)
+
+    # ------------------------------------------------------------------ helpers
+    def _url(self, relative: str) -> str:
+        return urljoin(self.base_url, relative)
+
+    def _local(self, url: str) -> Path | None:
+        parts = urlsplit(url)
+        return Path(unquote(parts.path)) if parts.scheme == "file" else None
+
+    def _cache_path(self, path: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / "hub-cache" / (path.replace("/", "__") + ".json")
+
+    async def _get(self, url: str, *, etag: str | None = None) -> httpx.Response:
+        if self.http is None:
+            raise ConfigError("static hub over HTTP needs an HTTP client")
+        headers = {"If-None-Match": etag} if etag else {}
+        self.requests += 1
+        try:
+            return await self.http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise HubUnavailable(f"static hub {redact_url(url)}: {type(exc).__name__}") from None
+
+    # ------------------------------------------------------------------ Hub
+    async def resolve(self, path: str) -> VersionDocument:
+        repository, package, tag = path.split("/")
+        url = self._url(f"{repository}/{package}/tags/{tag}.json")
+        where = f"tag {path!r} ({redact_url(url)})"
+        local = self._local(url)
+        if local is not None:
+            self.requests += 1
+            try:
+                raw = local.read_bytes()
+            except FileNotFoundError:
+                raise HubError(f"tag {path!r} not found: no {local}") from None
+            except OSError as exc:
+                raise HubUnavailable(f"{local}: {exc.strerror}") from None
+            return self._with_base(_parse_document(raw, where), repository)
+        cache = self._cache_path(path)
+        cached: dict[str, Any] | None = None
+        if cache is not None:
+            try:
+                cached = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                cached = None
+        etag = cached.get("etag") if cached else None
+        resp = await self._get(url, etag=etag)
+        if resp.status_code == 304 and cached is not None:
+            return self._with_base(_parse_document(json.dumps(cached["document"]).encode(), where), repository)
+        if resp.status_code == 404:
+            raise HubError(f"{where}: not found (HTTP 404)")
+        if resp.status_code in (408, 429) or resp.status_code >= 500:
+            retry_after = _retry_after(resp)
+            raise TransientError(f"{where}: HTTP {resp.status_code}", retry_after=retry_after)
+        if resp.status_code != 200:
+            raise HubError(f"{where}: HTTP {resp.status_code}")
+        document = _parse_document(resp.content, where)
+        if cache is not None and resp.headers.get("etag"):
+            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write(cache, json.dumps({"etag": resp.headers["etag"], "document": document.model_dump(mode="json", by_alias=True, exclude_none=True)}).encode())
+        return self._with_base(document, repository)
+
+    def _with_base(self, document: VersionDocument, repository: str) -> VersionDocument:
+        # remember where relative asset URLs are anchored (not part of the wire document)
+        document.__pydantic_extra__ = {**(document.__pydantic_extra__ or {}), "_base": self._url(f"{repository}/")}
+        return document
+
+    async def issue_url(self, document: VersionDocument, asset: Asset) -> str:
+        base = (document.__pydantic_extra__ or {}).get("_base") or self.base_url
+        relative = asset.url or f"assets/{asset.digest}"
+        parts = urlsplit(relative)
+        if not parts.scheme and (".." in relative.split("/") or relative.startswith("/")):
+            raise HubError(f"asset {asset.filename!r}: url {relative!r} leaves the repository")
+        if parts.scheme and parts.scheme not in ("http", "https", "file"):
+            raise HubError(f"asset {asset.filename!r}: url scheme {parts.scheme!r} not supported")
+        url = urljoin(str(base), relative)
+        if urlsplit(url).scheme == "file" and urlsplit(self.base_url).scheme != "file":
+            raise HubError(f"asset {asset.filename!r}: a remote repository may not point at local files")
+        return url
+
+    async def read_config(self) -> Any | None:
+        return None
+
+    async def publish_status(self, status: dict[str, Any]) -> None:
+        return None
+
+    async def publish_events(self, events: list[dict[str, Any]]) -> None:
+        return None
+
+    async def ping(self) -> None:
+        local = self._local(self.base_url)
+        if local is not None:
+            if not local.is_dir():
+                raise HubUnavailable(f"static hub folder {local} is not there")
+            return
+        resp = await self._get(self.base_url)
+        if resp.status_code >= 500:
+            raise HubUnavailable(f"static hub {redact_url(self.base_url)}: HTTP {resp.status_code}")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None

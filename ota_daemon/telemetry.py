@@ -1,0 +1,344 @@
+"""What the daemon tells the world: events and the status document.
+
+Wire-compatible with the ``nexigon-rugix-ota`` script: events have category ``ota`` and the
+script's bodies; the status document has the script's fields (``state``, ``currentVersion``,
+``targetVersion``, ``failureCount``, ``lastError``, ``config``) plus ours.
+
+Everything is kept locally too — ``status.json`` and a bounded ``events.jsonl`` in the state
+directory — so ``ota-daemon status`` works with any hub. Events for a hub go through an
+on-disk spool first (``spool.jsonl``, bounded, oldest dropped first with a counter) and
+leave it only once delivered, oldest first. Terminal events carry a key; an event whose key
+was already recorded is not recorded again, so a pass repeated after a power cut never
+reports one completion twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ota_daemon.clock import Clock, iso
+from ota_daemon.errors import OtaError, TransientError
+from ota_daemon.hubs.base import Hub
+from ota_daemon.model import Progress
+from ota_daemon.redact import redact_value
+from ota_daemon.state import atomic_write, ensure_private_dir
+
+log = structlog.get_logger("ota_daemon.telemetry")
+
+CATEGORY = "ota"
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+class State(enum.StrEnum):
+    """``state`` of the status document (Nexigon's ``OtaUpdateState``)."""
+
+    IDLE = "idle"
+    INSTALLING = "installing"
+    REBOOTING = "rebooting"
+    COMMITTING = "committing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    ROLLBACK = "rollback"
+
+
+class Event(enum.StrEnum):
+    """The ``event`` attribute of every event; the body is the script's message where it had one."""
+
+    CHECKING = "checking"
+    UP_TO_DATE = "up_to_date"
+    UPDATE_AVAILABLE = "update_available"
+    DOWNLOADING = "downloading"
+    DOWNLOADED = "downloaded"
+    INSTALLING = "installing"
+    PROGRESS = "progress"
+    INSTALLED = "installed"
+    REBOOTING = "rebooting"
+    REBOOT_PENDING = "reboot_pending"
+    COMMITTING = "committing"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ROLLBACK = "rollback"
+    BLOCKED = "blocked"
+    REFUSED = "refused"
+    WARNING = "warning"
+
+
+_BODY = {
+    Event.CHECKING: "checking for updates",
+    Event.UP_TO_DATE: "no update available",
+    Event.UPDATE_AVAILABLE: "update available, installing",
+    Event.DOWNLOADING: "downloading update",
+    Event.DOWNLOADED: "update downloaded and verified",
+    Event.INSTALLING: "installing update",
+    Event.PROGRESS: "update progress",
+    Event.INSTALLED: "update installed",
+    Event.REBOOTING: "update installed, rebooting",
+    Event.REBOOT_PENDING: "update installed, waiting for reboot",
+    Event.COMMITTING: "committing system",
+    Event.HEALTH_CHECK_FAILED: "health check failed",
+    Event.COMPLETED: "update completed",
+    Event.FAILED: "update failed",
+    Event.ROLLBACK: "update rolled back",
+    Event.BLOCKED: "update deferred",
+    Event.REFUSED: "update refused",
+    Event.WARNING: "warning",
+}
+
+_SEVERITY = {
+    Event.FAILED: "Error",
+    Event.ROLLBACK: "Error",
+    Event.HEALTH_CHECK_FAILED: "Error",
+    Event.BLOCKED: "Warning",
+    Event.REFUSED: "Warning",
+    Event.WARNING: "Warning",
+    Event.PROGRESS: "Debug",
+}
+
+#: fields of the status document that the hub sees; the local copy adds volatile ones
+HUB_STATUS_FIELDS = (
+    "state",
+    "currentVersion",
+    "targetVersion",
+    "failureCount",
+    "lastError",
+    "config",
+    "phase",
+    "progress",
+    "attemptId",
+    "quarantined",
+    "reason",
+    "runningSlot",
+    "agent",
+)
+
+
+def make_event_id(ts: float, key: str | None = None) -> str:
+    """A dated Nexigon event id ``d_ev_YYYYMMDD-HHMM-<8 base58>``; deterministic for a key."""
+    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d-%H%M")
+    if key is None:
+        tail = "".join(secrets.choice(_B58) for _ in range(8))
+    else:
+        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+        chars = []
+        for _ in range(8):
+            number, rem = divmod(number, 58)
+            chars.append(_B58[rem])
+        tail = "".join(chars)
+    return f"d_ev_{stamp}-{tail}"
+
+
+ProgressListener = Callable[[Progress], None]
+StatusListener = Callable[[dict[str, Any]], None]
+
+
+class Telemetry:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        clock: Clock,
+        hub: Hub | None = None,
+        deliver: bool = False,
+        max_events: int = 1000,
+        max_spool: int = 2000,
+        progress_step: float = 25.0,
+    ) -> None:
+        self.dir = ensure_private_dir(state_dir)
+        self.clock = clock
+        self.hub = hub
+        self.deliver = deliver and hub is not None
+        self.max_events = max_events
+        self.max_spool = max_spool
+        self.progress_step = progress_step
+        self.events_path = self.dir / "events.jsonl"
+        self.spool_path = self.dir / "spool.jsonl"
+        self.status_path = self.dir / "status.json"
+        self.hub_status_path = self.dir / "hub-status.json"
+        self.status: dict[str, Any] = _read_json(self.status_path) or {}
+        self._published: dict[str, Any] | None = _read_json(self.hub_status_path)
+        self._progress_marks: dict[str, float] = {}
+        self.progress_listeners: list[ProgressListener] = []
+        self.status_listeners: list[StatusListener] = []
+        self.context: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ events
+    async def emit(self, event: Event, body: str | None = None, *, key: str | None = None, **attributes: Any) -> dict[str, Any] | None:
+        """Record an event (and queue it for the hub). Never raises for delivery problems.
+
+        ``key`` makes the event idempotent: recorded once however often it is emitted.
+        """
+        now = self.clock.now()
+        attrs = {"event": event.value, **self.context, **{k: v for k, v in attributes.items() if v is not None}}
+        if key is not None:
+            attrs["dedupe"] = key
+            if self._seen(key):
+                return None
+        record = {
+            "eventId": make_event_id(now, key),
+            "severity": _SEVERITY.get(event, "Info"),
+            "category": CATEGORY,
+            "body": body or _BODY[event],
+            "attributes": redact_value(attrs),
+            "emittedAt": iso_precise(now),
+        }
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        self._append(self.events_path, line, self.max_events)
+        if self.deliver:
+            self._append(self.spool_path, line, self.max_spool, count_drops=True, durable=True)
+            await self.flush()
+        log.info(record["body"], **{k: v for k, v in record["attributes"].items() if k != "event"}, event_kind=event.value)
+        return record
+
+    def _seen(self, key: str) -> bool:
+        with contextlib.suppress(OSError), open(self.events_path, "rb") as fh:
+            needle = f'"dedupe":{json.dumps(key)}'.encode()
+            return any(needle in line for line in fh)
+        return False
+
+    def _append(self, path: Path, line: str, limit: int, *, count_drops: bool = False, durable: bool = False) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, line.encode())
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        lines = _count_lines(path)
+        if lines > limit * 2 if not count_drops else lines > limit:
+            with open(path, "rb") as fh:
+                kept = fh.readlines()
+            dropped = len(kept) - limit
+            atomic_write(path, b"".join(kept[dropped:]))
+            if count_drops:
+                self.status["eventsDropped"] = int(self.status.get("eventsDropped", 0)) + dropped
+                self._write_local()
+
+    async def flush(self) -> bool:
+        """Deliver spooled events oldest first, then an unpublished status. True when all went."""
+        if not self.deliver or self.hub is None:
+            return True
+        ok = True
+        try:
+            raw = self.spool_path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        if raw:
+            events = []
+            for line in raw.splitlines():
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+            try:
+                for start in range(0, len(events), 100):
+                    await self.hub.publish_events(events[start : start + 100])
+                    # drop what went, keep the rest in order
+                    rest = raw.splitlines(keepends=True)[start + 100 :]
+                    atomic_write(self.spool_path, b"".join(rest))
+            except TransientError as exc:
+                log.warning("events spooled; hub unavailable", error=str(exc), spooled=_count_lines(self.spool_path))
+                ok = False
+            except OtaError as exc:
+                # the hub refuses these events for good: drop them rather than block the spool
+                log.error("hub refused spooled events; dropped", error=str(exc))
+                self.spool_path.unlink(missing_ok=True)
+        if ok and self._hub_view() != self._published:
+            ok = await self._publish_status()
+        return ok
+
+    # ------------------------------------------------------------------ progress
+    async def progress(self, item: Progress) -> None:
+        """Progress to listeners always; to events and status a few times per phase."""
+        for listener in self.progress_listeners:
+            listener(item)
+        mark = self._progress_marks.get(item.phase)
+        step = self.progress_step
+        bucket = min(100.0, (item.percent // step) * step)
+        if mark is None or bucket > mark:
+            self._progress_marks[item.phase] = bucket
+            await self.emit(Event.PROGRESS, f"{item.phase} {bucket:.0f} %", phase=item.phase, progress=round(bucket, 1))
+            await self.update_status(progress=round(bucket, 1), phase=item.phase)
+
+    def reset_progress(self) -> None:
+        self._progress_marks.clear()
+
+    # ------------------------------------------------------------------ status
+    async def update_status(self, **fields: Any) -> None:
+        """Merge fields into the status document; write (locally, then the hub) when it changed."""
+        before = dict(self.status)
+        for key, value in fields.items():
+            self.status[key] = value
+        if self.status == before and self.status_path.exists():
+            return
+        self.status["updatedAt"] = iso(self.clock.now())
+        self._write_local()
+        for listener in self.status_listeners:
+            listener(self.status)
+        if self.deliver and self._hub_view() != self._published:
+            await self._publish_status()
+
+    def set_local(self, **fields: Any) -> None:
+        """Fields for the local status only (last check, next check): no hub write."""
+        self.status.update(fields)
+        self._write_local()
+
+    def _hub_view(self) -> dict[str, Any]:
+        return {k: self.status[k] for k in HUB_STATUS_FIELDS if k in self.status}
+
+    def _write_local(self) -> None:
+        atomic_write(self.status_path, json.dumps(redact_value(self.status), indent=1, sort_keys=True).encode(), mode=0o644)
+
+    async def _publish_status(self) -> bool:
+        assert self.hub is not None
+        view = redact_value(self._hub_view())
+        try:
+            await self.hub.publish_status(view)
+        except TransientError as exc:
+            log.warning("status not published; hub unavailable", error=str(exc))
+            return False
+        self._published = view
+        atomic_write(self.hub_status_path, json.dumps(view, sort_keys=True).encode())
+        return True
+
+    def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        try:
+            lines = self.events_path.read_bytes().splitlines()[-limit:]
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+def iso_precise(ts: float) -> str:
+    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return text.replace(".000Z", "Z")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
+    except FileNotFoundError:
+        return 0
