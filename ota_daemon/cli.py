@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--json", action="store_true")
     commit = sub.add_parser("commit", help="commit the booted trial slot")
     commit.add_argument("--check", action="store_true", help="run the health gate first")
+    sub.add_parser("reboot", help="reboot into an installed update that waits for its reboot (reboot policy manual/window)")
     retry = sub.add_parser("retry", help="clear a version's quarantine so it may be installed again")
     retry.add_argument("version")
     sub.add_parser("demo", help="a whole A/B update on a throw-away simulated device")
@@ -214,6 +215,8 @@ async def _with_engine(args: argparse.Namespace, command: str, out: TextIO) -> i
                     result = await engine.install_local(args.source, version=args.image_version, sha256=args.sha256)
                 elif command == "commit":
                     result = await engine.commit_now(run_health=args.check)
+                elif command == "reboot":
+                    result = await engine.reboot_now()
                 elif command == "retry":
                     cleared = await engine.retry(args.version)
                     out.write(f"{args.version}: {'quarantine cleared' if cleared else 'was not quarantined'}\n")

@@ -32,6 +32,8 @@ from ota_daemon.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
 ENV_PREFIX = "OTA_DAEMON_"
 ENV_CONFIG = "OTA_DAEMON_CONFIG"
+#: variables with the prefix that are not configuration keys
+ENV_RESERVED = frozenset({ENV_CONFIG, "OTA_DAEMON_FAULTS"})
 
 # --------------------------------------------------------------------------- value types
 
@@ -176,6 +178,9 @@ class HubConfig(_Section):
     config_property: str = "dev.nexigon.ota.config"
     status_property: str = "dev.nexigon.ota.status"
     legacy_config: Path | None = Path("/etc/nexigon-rugix-ota.json")
+    details_cache_ttl: Duration = Field(
+        default=86400.0, description="nexigon: how long version details are reused without asking the hub again"
+    )
 
     @field_validator("path")
     @classmethod
@@ -226,6 +231,7 @@ class RaucConfig(_Section):
     reboot_command: list[str] = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
     boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
     call_timeout: Duration = Field(default=60.0, description="limit for one D-Bus call (not for the whole install)")
+    busy_timeout: Duration = Field(default=3600.0, description="how long to wait for RAUC busy with another install")
 
     @field_validator("bus")
     @classmethod
@@ -328,14 +334,25 @@ class InstallerConfig(_Section):
 class DownloadConfig(_Section):
     mode: Literal["auto", "url", "stream", "file"] = "auto"
     cache_dir: Path | None = Field(default=None, description="default: <state.dir>/cache")
-    max_rate: Size | None = None
-    min_rate: Size = 1024
+    max_rate: Size | None = Field(default=None, description="bandwidth cap in bytes per second (token bucket); none: line speed")
+    min_rate: Size = Field(default=1024, description="reconnect and resume when slower than this over min_rate_window; 0: off")
     min_rate_window: Duration = 60.0
     free_space_margin: Size = 64 * 1024 * 1024
     connect_timeout: Duration = 30.0
-    max_retries: int = Field(default=8, ge=0)
+    read_timeout: Duration = Field(default=60.0, gt=0, description="no byte for this long: the connection stalled; reconnect and resume")
+    max_retries: int = Field(default=8, ge=0, description="failures in a row without progress before giving up (progress resets the count)")
+    retry_initial_wait: Duration = Field(default=1.0, description="first backoff; doubles per failure, with jitter")
     retry_max_wait: Duration = 300.0
-    chunk_size: Size = 1024 * 1024
+    max_url_reissues: int = Field(default=5, ge=0, description="401/403/410 in a row without progress: ask the hub for a new URL this often")
+    sync_interval: Size = Field(default=64 * 1024 * 1024, ge=1, description="fsync the partial file and checkpoint the hash every this many bytes (the most a power cut loses)")
+    chunk_size: Size = Field(default=1024 * 1024, ge=4096)
+    fast_path: bool = Field(default=True, description="read bodies straight from the socket when no proxy applies; false: always through httpx")
+
+    @model_validator(mode="after")
+    def _check_rates(self) -> DownloadConfig:
+        if self.max_rate is not None and self.max_rate < self.min_rate:
+            raise ValueError(f"max_rate ({self.max_rate} B/s) is below min_rate ({self.min_rate} B/s): every download would be cut as too slow")
+        return self
 
 
 class PollConfig(_Section):
@@ -388,7 +405,17 @@ class HealthConfig(_Section):
 
 
 class GuardConfig(_Section):
-    timeout: Duration = 1800.0
+    """``ota-daemon-guard`` (ota_daemon/guard.py reads these keys itself, without pydantic)."""
+
+    timeout: Duration = Field(default=1800.0, description="reboot an uncommitted trial boot this long after boot")
+    commit_grace: Duration = Field(
+        default=120.0, description="extra wait while the journal says installing/committing"
+    )
+    reboot_command: list[str] = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
+    max_reboots: int = Field(default=3, ge=1, description="give up after this many guard reboots in a row")
+    fw_printenv: list[str] = Field(
+        default_factory=lambda: ["fw_printenv"], min_length=1, description="swupdate: command prefix reading the U-Boot env"
+    )
 
 
 class HooksConfig(_Section):
@@ -508,7 +535,7 @@ def build_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
     """Validate ``data`` (the file's tables) with environment overrides."""
     env = dict(os.environ if env is None else env)
     unknown = sorted(
-        k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() != ENV_CONFIG and "__" not in k[len(ENV_PREFIX):]
+        k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in ENV_RESERVED and "__" not in k[len(ENV_PREFIX):]
     )
     if unknown:
         raise ConfigError(
@@ -520,7 +547,8 @@ def build_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
         for k in saved:
             del os.environ[k]
         os.environ.update({k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)})
-        os.environ.pop(ENV_CONFIG, None)
+        for name in ENV_RESERVED:
+            os.environ.pop(name, None)
         return Config(**dict(data))
     except ValidationError as exc:
         errors = exc.errors()

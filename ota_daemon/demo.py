@@ -7,43 +7,38 @@ health-gates and commits. Everything lives in one temporary folder, removed at t
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ota_daemon.app import open_engine
 from ota_daemon.config import build_config
 from ota_daemon.engine import PassResult, Result
-from ota_daemon.installers.simulated import SimulatedDevice, make_image
-from ota_daemon.repo import publish
+from ota_daemon.testing import SimWorld
 
 SYSTEM = "demo-device"
 
 
-def prepare(root: Path, *, payload_mib: int = 24) -> dict[str, object]:
-    """Create device, repository and config data under ``root``; return the config tables."""
-    device_dir = root / "device"
-    SimulatedDevice.create(device_dir, name=SYSTEM, version="1.0.0")
-    repo = root / "repository"
-    images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for version in ("1.0.0", "1.1.0"):
-        image = images / f"{SYSTEM}-{version}.img"
-        image.write_bytes(make_image(SYSTEM, version, os.urandom(payload_mib * 1024 * 1024)))
-        publish(repo, "demo/system/stable", version=version, files=[(f"{SYSTEM}.img", image)], system=SYSTEM)
-    return {
-        "system": {"build_info": str(device_dir / "system-build-info.json")},
-        "hub": {"kind": "static", "url": repo.as_uri() + "/", "path": "demo/system/stable"},
-        "installer": {"kind": "simulated", "simulated": {"device_dir": str(device_dir)}},
-        "state": {"dir": str(root / "state")},
-        "poll": {"interval": "1m", "jitter": "0s"},
-        "health": {"deadline": "30s", "checks": [{"kind": "hub", "name": "hub reachable"}, {"kind": "command", "name": "app starts", "command": [sys.executable, "-c", "pass"]}]},
-    }
+def prepare(root: Path, *, payload_mib: int = 24) -> dict[str, Any]:
+    """A device running 1.0.0 and a repository whose ``stable`` tag points at 1.1.0."""
+    world = SimWorld(root, system=SYSTEM, path="demo/system/stable")
+    world.create_device("1.0.0")
+    world.publish("1.0.0", size=payload_mib << 20)
+    world.publish("1.1.0", size=payload_mib << 20)
+    return world.tables(
+        poll={"interval": "1m"},
+        health={
+            "deadline": "30s",
+            "checks": [
+                {"kind": "hub", "name": "hub reachable"},
+                {"kind": "command", "name": "app starts", "command": [sys.executable, "-c", "pass"]},
+            ],
+        },
+    )
 
 
-async def run_demo(out: TextIO, *, keep: Path | None = None, progress_bar: object = None) -> int:
+async def run_demo(out: TextIO, *, keep: Path | None = None) -> int:
     from ota_daemon import logs
     from ota_daemon.cli import ProgressBar, print_status
 

@@ -152,14 +152,18 @@ def resume_action(journal: JournalData, info: SlotInfo, *, reboot_policy: str) -
         case Phase.INSTALLING:
             # The inactive slot may be half written: it must not boot. Start the install again.
             return Resume.ABANDON_INSTALL
-        case Phase.REBOOTING if attempt.boot_id == info.boot_id:
-            # Same boot as when the install finished: the reboot is still to come.
+        case Phase.REBOOTING if attempt.boot_id == info.boot_id or (
+            not attempt.reboot_requested and info.booted != attempt.target_slot
+        ):
+            # Same boot as when the install finished, or a reboot that was not ours and did not
+            # try the new slot (tools that arm it only when we reboot): the trial is still to come.
             if reboot_policy == "manual":
                 return Resume.WAIT_REBOOT
             return Resume.REQUEST_REBOOT
         case Phase.REBOOTING | Phase.COMMITTING if info.booted == attempt.target_slot:
-            # Running the new slot: on trial -> gate and commit; already committed -> report.
-            return Resume.COMMIT if not info.committed else Resume.COMPLETE
+            # Running the new slot: gate and commit (idempotent) unless our commit went through
+            # already. Not from info.committed: RAUC cannot tell a trial boot from a good one.
+            return Resume.COMPLETE if attempt.committed else Resume.COMMIT
         case Phase.REBOOTING | Phase.COMMITTING:
             # Rebooted, but the old slot runs: the bootloader fell back, or we rolled back.
             return Resume.ROLLED_BACK
@@ -400,11 +404,9 @@ class Engine:
         data = self.journal.load()
         _, current = system_identity(self.config, info)
         current = current or "unknown"
-        if info.committed:
-            if data.phase in (Phase.REBOOTING, Phase.COMMITTING) and data.attempt and info.booted == data.attempt.target_slot:
-                return await self._complete(data.attempt, current)
+        attempt = data.attempt if data.phase in (Phase.REBOOTING, Phase.COMMITTING) and data.attempt and data.attempt.target_slot == info.booted else None
+        if attempt is None and info.committed:
             return PassResult(Result.UP_TO_DATE, current, None, f"nothing to commit: slot {info.booted} is committed")
-        attempt = data.attempt if data.attempt and data.attempt.target_slot == info.booted else None
         if attempt is None:
             attempt = self._adopted_attempt(info, current)
             self.journal.data.attempt = attempt
@@ -413,6 +415,22 @@ class Engine:
             if self.journal.data.phase is Phase.INSTALLING:
                 self.journal.transition(Phase.REBOOTING)
         return await self._commit(attempt, info, current, run_health=run_health)
+
+    async def reboot_now(self) -> PassResult:
+        """``ota-daemon reboot``: reboot into an installed update that waits for its reboot."""
+        info = await self.installer.slot_info()
+        data = self.journal.load()
+        _, current = system_identity(self.config, info)
+        attempt = data.attempt
+        if data.phase is not Phase.REBOOTING or attempt is None or info.booted == attempt.target_slot:
+            return PassResult(Result.UP_TO_DATE, current, None, "no installed update waits for a reboot")
+        attempt.reboot_requested = True
+        self.journal.save()
+        await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value)
+        await self.telemetry.emit(Event.REBOOTING, key=f"{attempt.id}:reboot:{info.boot_id}", targetVersion=attempt.target_version, by="operator")
+        await self.telemetry.flush()
+        await self.installer.reboot(spare=True)
+        return PassResult(Result.REBOOTING, current, attempt.target_version, f"rebooting into slot {attempt.target_slot} for {attempt.target_version}")
 
     async def retry(self, version: str, *, by: str = "operator") -> bool:
         """Clear a version's quarantine and attempt count. True when there was something to clear."""
@@ -695,6 +713,8 @@ class Engine:
             if run_health and self.health is not None:
                 await self.health.run()
             await self.installer.commit()
+            attempt.committed = True
+            self.journal.save()
         except UpdateFailed as exc:
             check = exc.check if isinstance(exc, HealthCheckFailed) else None
             attempt.failure = str(exc)

@@ -103,6 +103,8 @@ class Attempt(BaseModel):
     source: str = "hub"  # "hub" or "local" (ota-daemon install)
     #: why the attempt is being undone (a failed health check), for the rollback report
     failure: str | None = None
+    #: the installer confirmed the commit (some tools cannot tell a trial boot from a committed one)
+    committed: bool = False
 
 
 class QuarantineEntry(BaseModel):
