@@ -53,7 +53,9 @@ class BackendCycle:
 
     def config(self, health: dict[str, Any]) -> Any:
         tables: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in self.device_tables.items()}
-        tables.setdefault("system", {}).update(name=self.system, build_info=str(self.root / "no-build-info.json"), os_release=str(self.root / "no-os-release"))
+        system = tables.setdefault("system", {})
+        system.setdefault("build_info", str(self.root / "no-build-info.json"))
+        system.update(name=self.system, os_release=str(self.root / "no-os-release"))
         tables["hub"] = {"kind": "static", "url": self.url, "path": "fleet/system/stable", "allow_insecure": True}
         tables["health"] = health
         tables.setdefault("state", {"dir": str(self.root / "state")})
