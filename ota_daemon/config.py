@@ -373,6 +373,10 @@ class PolicyConfig(_Section):
     install_window: Windows = None
     reboot_window: Windows = None
     max_deferral: Duration = 7 * 86400.0
+    inhibit_dir: Path = Field(
+        default=Path("/run/ota-daemon/inhibit.d"),
+        description="lease files of programs that inhibit install/reboot (ota_daemon/inhibit.py); whoever may write here may defer updates, for at most max_deferral",
+    )
 
 
 class HealthCheckConfig(_Section):
@@ -419,8 +423,8 @@ class GuardConfig(_Section):
 
 
 class HooksConfig(_Section):
-    dir: Path = Path("/etc/ota-daemon/hooks.d")
-    timeout: Duration = 300.0
+    dir: Path = Field(default=Path("/etc/ota-daemon/hooks.d"), description="executables in <dir>/<point>/ (ota_daemon/hooks.py)")
+    timeout: Duration = Field(default=300.0, gt=0, description="per hook; on expiry the hook's whole process group is killed")
 
 
 class TlsConfig(_Section):
