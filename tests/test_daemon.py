@@ -47,7 +47,7 @@ async def run_daemon(world: SimWorld, clock: FakeClock, passes: int, *, done: An
 
 async def test_polls_at_interval_with_jitter(world: SimWorld, clock: FakeClock) -> None:
     """Idle passes are spaced by the interval plus up to the jitter, in injected time."""
-    daemon, notifier = await run_daemon(world, clock, 3, poll={"interval": "1h", "jitter": "5m"})
+    _, notifier = await run_daemon(world, clock, 3, poll={"interval": "1h", "jitter": "5m"})
     waits = [s for s in clock.slept if s > 0]
     assert len(waits) >= 2
     for wait in waits[:2]:
@@ -63,7 +63,7 @@ async def test_backoff_on_hub_errors(world: SimWorld, clock: FakeClock) -> None:
     def six_failures(messages: list[str], _: Daemon) -> bool:
         return sum(m.startswith("STATUS=hub unavailable") for m in messages) >= 6
 
-    daemon, notifier = await run_daemon(world, clock, 0, done=six_failures, hub={"url": "http://127.0.0.1:9/"}, poll={"interval": "2m"})
+    daemon, _ = await run_daemon(world, clock, 0, done=six_failures, hub={"url": "http://127.0.0.1:9/"}, poll={"interval": "2m"})
     waits = [s for s in clock.slept if s > 0]
     assert len(waits) >= 5
     assert waits[0] <= 10
