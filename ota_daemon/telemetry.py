@@ -31,7 +31,7 @@ from ota_daemon.clock import Clock, iso
 from ota_daemon.errors import OtaError, TransientError
 from ota_daemon.hubs.base import Hub
 from ota_daemon.model import Progress
-from ota_daemon.redact import redact_value
+from ota_daemon.redact import redact_text, redact_value
 from ota_daemon.state import atomic_write, ensure_private_dir
 
 log = structlog.get_logger("ota_daemon.telemetry")
@@ -190,7 +190,7 @@ class Telemetry:
             "eventId": make_event_id(now, key),
             "severity": _SEVERITY.get(event, "Info"),
             "category": CATEGORY,
-            "body": body or _BODY[event],
+            "body": redact_text(body) if body else _BODY[event],
             "attributes": redact_value(attrs),
             "emittedAt": iso_precise(now),
         }
