@@ -8,8 +8,10 @@ was expected.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from datetime import time as dtime
@@ -25,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from ota_daemon.errors import ConfigError
 
@@ -37,23 +39,45 @@ ENV_RESERVED = frozenset({ENV_CONFIG, "OTA_DAEMON_FAULTS"})
 
 # --------------------------------------------------------------------------- value types
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE | re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: the longest duration accepted (ten years): longer ones overflow date arithmetic downstream
+MAX_DURATION = 3650 * 86400.0
+#: the largest size accepted (bytes)
+MAX_SIZE = 2**63 - 1
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut short: messages quote what they were given, never all of it."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _finite_duration(seconds: float, value: Any) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError(f"expected a duration of at most 3650d, got {_shown(value)}")
+    return seconds
 
 
 def parse_duration(value: Any) -> float:
-    """``30s``, ``5m``, ``4h``, ``1d``, ``1h30m`` or a number of seconds, as seconds."""
+    """``30s``, ``5m``, ``4h``, ``1d``, ``1h30m`` or a number of seconds, as seconds.
+
+    Raises ``ValueError`` (pydantic reports it as the key's error) for anything else,
+    including negative, non-finite and absurdly long (over ten years) durations.
+    """
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 5m or 4h")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("expected a duration that is not negative")
-        return float(value)
+        if isinstance(value, int) and value > MAX_DURATION:
+            raise ValueError(f"expected a duration of at most 3650d, got {_shown(value)}")
+        return _finite_duration(float(value), value)
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 30s, 5m or 4h")
     text = value.strip().replace(" ", "")
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
+    if re.fullmatch(r"\d+(\.\d+)?", text, re.ASCII):
+        return _finite_duration(float(text), value)
     pos, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
         if match.start() != pos:
@@ -61,20 +85,25 @@ def parse_duration(value: Any) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"expected a duration such as 30s, 5m or 4h, got {value!r}")
-    return total
+        raise ValueError(f"expected a duration such as 30s, 5m or 4h, got {_shown(value)}")
+    return _finite_duration(total, value)
 
 
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?(?:/s)?$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?(?:/s)?$", re.IGNORECASE | re.ASCII)
 
 
 def parse_size(value: Any) -> int:
-    """``512k``, ``10M``, ``1GiB``, ``2MB/s`` or a plain number of bytes."""
+    """``512k``, ``10M``, ``1GiB``, ``2MB/s`` or a plain number of bytes.
+
+    Raises ``ValueError`` for anything else, including negative sizes and sizes over 2**63-1.
+    """
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512k, 10M or 1G")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("expected a size that is not negative")
+        if value > MAX_SIZE:
+            raise ValueError(f"expected a size of at most 8E (2**63-1 bytes), got {_shown(value)}")
         return value
     if isinstance(value, str):
         match = _SIZE_RE.match(value.strip())
@@ -84,8 +113,11 @@ def parse_size(value: Any) -> int:
             if unit and not binary:
                 base = 1000
             power = " kmgt".index(unit.lower()) if unit else 0
-            return int(float(number) * base**power)
-    raise ValueError(f"expected a size such as 512k, 10M or 1G, got {value!r}")
+            amount = float(number) * base**power
+            if not math.isfinite(amount) or amount > MAX_SIZE:
+                raise ValueError(f"expected a size of at most 8E (2**63-1 bytes), got {_shown(value)}")
+            return int(amount)
+    raise ValueError(f"expected a size such as 512k, 10M or 1G, got {_shown(value)}")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -93,7 +125,8 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 
 _DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WINDOW_RE = re.compile(
-    r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?(?P<t1>\d{1,2}:\d{2})-(?P<t2>\d{1,2}:\d{2})$", re.IGNORECASE
+    r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?(?P<t1>\d{1,2}:\d{2})-(?P<t2>\d{1,2}:\d{2})$",
+    re.IGNORECASE | re.ASCII,
 )
 
 
@@ -114,13 +147,13 @@ class Window(BaseModel):
             raise ValueError("expected one window such as 'Mon-Fri 02:00-04:00'; use a list for several")
         match = _WINDOW_RE.match(parts[0])
         if match is None:
-            raise ValueError(f"expected a window such as 'Mon-Fri 02:00-04:00', got {text!r}")
+            raise ValueError(f"expected a window such as 'Mon-Fri 02:00-04:00', got {_shown(text)}")
         d1, d2 = match.group("d1"), match.group("d2")
         if d1 is None:
             days = frozenset(range(7))
         else:
             if d1.lower() not in _DAYS or (d2 and d2.lower() not in _DAYS):
-                raise ValueError(f"unknown weekday in {text!r}; expected Mon, Tue, Wed, Thu, Fri, Sat, Sun")
+                raise ValueError(f"unknown weekday in {_shown(text)}; expected Mon, Tue, Wed, Thu, Fri, Sat, Sun")
             first = _DAYS.index(d1.lower())
             last = _DAYS.index(d2.lower()) if d2 else first
             span = (last - first) % 7
@@ -128,10 +161,12 @@ class Window(BaseModel):
         try:
             h1, m1 = (int(x) for x in match.group("t1").split(":"))
             h2, m2 = (int(x) for x in match.group("t2").split(":"))
+            if (h1, m1) > (24, 0) or (h2, m2) > (24, 0):
+                raise ValueError("hours go from 00:00 to 24:00")
             start = dtime(h1, m1) if h1 < 24 else dtime(0, 0)
             end = dtime(h2, m2) if h2 < 24 else dtime(23, 59, 59, 999999)
         except ValueError as exc:
-            raise ValueError(f"bad time in window {text!r}: {exc}") from None
+            raise ValueError(f"bad time in window {_shown(text)}: {exc}") from None
         return cls(text=text, days=days, start=start, end=end)
 
 
@@ -417,9 +452,6 @@ class GuardConfig(_Section):
     )
     reboot_command: list[str] = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
     max_reboots: int = Field(default=3, ge=1, description="give up after this many guard reboots in a row")
-    fw_printenv: list[str] = Field(
-        default_factory=lambda: ["fw_printenv"], min_length=1, description="swupdate: command prefix reading the U-Boot env"
-    )
 
 
 class HooksConfig(_Section):

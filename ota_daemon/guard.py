@@ -1,0 +1,773 @@
+"""ota-daemon-guard: reboot a system that booted an update on trial and was never committed.
+
+The dead man's switch behind the daemon (issue 6). A trial boot (Rugix's one-shot
+``tryNext``, the simulated device's ``try_next``) falls back to the committed slot at the
+next reboot, but only a reboot brings it back: if the new system hangs, or the daemon in it
+never commits, the device would run the uncommitted system for ever. A systemd timer starts
+this program once per boot (``OnBootSec`` = ``guard.timeout``); when the booted system is
+still uncommitted ``guard.timeout`` after boot, it reboots.
+
+It is deliberately tiny and separate from the daemon: standard library only (no pydantic,
+httpx, structlog or asyncio), so it still runs when the new system's Python environment or
+the daemon itself is what broke. It reads only the keys it needs from the daemon's TOML file
+(``--config``, ``OTA_DAEMON_CONFIG``, ``OTA_DAEMON_<SECTION>__<KEY>`` as the daemon does).
+
+Uncommitted, per ``installer.kind``:
+
+- ``rugix``: ``rugix-ctrl system info`` ``boot.activeGroup != boot.defaultGroup``.
+- ``rauc``: ``rauc status --output-format=json``: the slot in state ``booted`` is not
+  ``boot_primary`` (slot names, as the RAUC backend reports them).
+- ``swupdate``: ``fw_printenv ustate rootpart``: ``ustate`` is ``1`` (INSTALLED) or ``2``
+  (TESTING) and the booted slot is the one ``rootpart`` names (``0`` is OK, ``3`` FAILED: the
+  bootloader fell back — installer-backends.md §3.3). The booted slot comes from where the
+  SWUpdate backend takes it (kernel command line, or the value it pinned for this boot);
+  ``ustate=1`` with the other slot booted is an install waiting for its reboot, not a trial.
+- ``simulated``: ``<device_dir>/boot.json`` ``booted != default``.
+
+Decisions (:func:`decide`, a pure function; the order is the precedence):
+
+1. Committed → nothing.
+2. The daemon's journal says phase ``rebooting`` with the boot id of *this* boot: the update
+   was installed in this boot and waits for its reboot (reboot policy ``window`` or
+   ``manual``). RAUC switches the primary slot at install time, so "booted != primary" is
+   that, not a trial; rebooting would activate the update behind the policy's back →
+   nothing. (The SWUpdate probe tells the two apart by itself.)
+3. Less than ``guard.timeout`` since boot → wait for the rest (``--no-wait``: exit 0).
+4. The journal says ``installing`` or ``committing``: the daemon is acting right now (the
+   health gate and the commit of the trial, or RAUC/SWUpdate switching slots). Rebooting in
+   the middle of a commit is the race the original watchdog script had (it took no lock);
+   we take no lock either — the daemon may hold its lock for a whole pass — but look again
+   every few seconds for up to ``guard.commit_grace``; if the system is committed by then,
+   nothing happens. After the grace the facts decide, whatever the journal says (a daemon
+   hung in ``committing`` is exactly what the guard exists for).
+5. The guard already rebooted ``guard.max_reboots`` times in a row for the same situation
+   (same booted/primary slots and attempt) → give up and exit 1 (a bootloader that never
+   falls back, or a ``ustate`` nobody resets, must not become a reboot loop).
+6. Otherwise → reboot. The facts are read afresh right before (each loop iteration probes
+   again), ``<state.dir>/guard.json`` is written atomically — ``{"at", "action": "reboot",
+   "reason", "booted", "primary", "kind", "bootId", "attemptId", "journalPhase", "uptime",
+   "count"}`` — so the daemon can report the rollback's cause after the reboot, and the
+   reboot command runs (``guard.reboot_command``, default ``systemctl reboot``; the simulated
+   device applies its own bootloader instead).
+
+Exit codes: 0 nothing to do, or rebooted; 1 an error (configuration, a tool that failed, the
+reboot command failed) or gave up after ``guard.max_reboots``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
+ENV_PREFIX = "OTA_DAEMON_"
+ENV_CONFIG = "OTA_DAEMON_CONFIG"
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+UPTIME_FILE = Path("/proc/uptime")
+GUARD_FILE = "guard.json"
+JOURNAL_FILE = "journal.json"
+#: how often to look again while the daemon is installing or committing
+POLL_INTERVAL = 5.0
+#: limit for one tool call (``system info``, ``rauc status``, ``fw_printenv``)
+COMMAND_TIMEOUT = 60.0
+KINDS = ("rauc", "rugix", "simulated", "swupdate")
+BUSY_PHASES = frozenset({"installing", "committing"})
+
+
+class GuardError(Exception):
+    """Something the guard cannot work around: reported on stderr, exit 1."""
+
+
+# =========================================================================== settings
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``1h30m`` or a number of seconds, as seconds (``config.parse_duration``'s rules)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 4h")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a duration that is not negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 30s, 5m or 4h")
+    text = value.strip().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"expected a duration such as 30s, 5m or 4h, got {value!r}")
+    return total
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The few configuration values the guard needs, with the daemon's defaults."""
+
+    source: str = f"{DEFAULT_CONFIG_PATH} (absent: defaults)"
+    kind: str = "simulated"
+    timeout: float = 1800.0
+    commit_grace: float = 120.0
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    max_reboots: int = 3
+    state_dir: Path = Path("/var/lib/ota-daemon")
+    sim_device_dir: Path | None = None
+    sim_on_reboot: str = "apply"
+    rugix_bin: str = "rugix-ctrl"
+    rauc_bin: str = "rauc"
+    rauc_bus: str = "system"
+    boot_id_file: Path = BOOT_ID_FILE
+    # swupdate (installer.swupdate.*, the same keys the SWUpdate backend reads)
+    fw_printenv: tuple[str, ...] = ("fw_printenv",)  # fw_printenv_bin [-c fw_env_config]
+    slot_var: str = "rootpart"
+    slots: tuple[str, ...] = ("A", "B")
+    booted_from: str = "env"
+    cmdline_path: Path = Path("/proc/cmdline")
+    cmdline_arg: str = "root"
+    cmdline_map: Mapping[str, str] = field(default_factory=dict)
+    swupdate_state_file: Path | None = None
+
+    @property
+    def device_dir(self) -> Path:
+        return self.sim_device_dir or self.state_dir / "sim-device"
+
+    @property
+    def pinned_boot_file(self) -> Path:
+        """Where the SWUpdate backend pins the booted slot per boot id."""
+        return self.swupdate_state_file or self.state_dir / "swupdate-boot.json"
+
+
+class _Reader:
+    """Values from the TOML tables, ``OTA_DAEMON_<SECTION>__<KEY>`` winning (as in the daemon)."""
+
+    def __init__(self, data: Mapping[str, Any], env: Mapping[str, str], source: str) -> None:
+        self.data = data
+        self.env = {k.upper(): v for k, v in env.items()}
+        self.source = source
+
+    def get(self, *keys: str) -> tuple[Any, str] | None:
+        name = ENV_PREFIX + "__".join(k.upper() for k in keys)
+        if name in self.env:
+            return self.env[name], f"environment variable {name}"
+        node: Any = self.data
+        for key in keys:
+            if not isinstance(node, Mapping) or key not in node:
+                return None
+            node = node[key]
+        return node, f"{self.source}: key '{'.'.join(keys)}'"
+
+    def string(self, *keys: str, default: str) -> str:
+        found = self.get(*keys)
+        if found is None:
+            return default
+        value, where = found
+        if not isinstance(value, str) or not value:
+            raise GuardError(f"{where}: expected a non-empty string, got {value!r}")
+        return value
+
+    def duration(self, *keys: str, default: float) -> float:
+        found = self.get(*keys)
+        if found is None:
+            return default
+        value, where = found
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise GuardError(f"{where}: {exc}") from None
+
+    def integer(self, *keys: str, default: int, minimum: int) -> int:
+        found = self.get(*keys)
+        if found is None:
+            return default
+        value, where = found
+        try:
+            number = int(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise GuardError(f"{where}: expected a whole number of at least {minimum}, got {value!r}")
+        return number
+
+    def table(self, *keys: str) -> dict[str, str]:
+        found = self.get(*keys)
+        if found is None:
+            return {}
+        value, where = found
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise GuardError(f"{where}: expected a JSON object of strings") from None
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise GuardError(f"{where}: expected a table of strings, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+
+    def command(self, *keys: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        found = self.get(*keys)
+        if found is None:
+            return default
+        value, where = found
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise GuardError(f"{where}: expected a JSON list of strings such as [\"systemctl\", \"reboot\"]") from None
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise GuardError(f"{where}: expected a non-empty list of strings, got {value!r}")
+        return tuple(value)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> GuardSettings:
+    """Read the guard's keys from the daemon's configuration file (defaults when the default
+    path is absent; an explicitly named file must exist)."""
+    env = os.environ if env is None else env
+    explicit = path is not None or bool(env.get(ENV_CONFIG))
+    chosen = Path(path) if path is not None else Path(env[ENV_CONFIG]) if env.get(ENV_CONFIG) else DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    source = str(chosen)
+    try:
+        with open(chosen, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if explicit:
+            raise GuardError(f"{chosen}: configuration file not found") from None
+        source = f"{chosen} (absent: defaults)"
+    except PermissionError:
+        raise GuardError(f"{chosen}: configuration file not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise GuardError(f"{chosen}: is a directory, expected a TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GuardError(f"{chosen}: not valid TOML: {exc}") from None
+    r = _Reader(data, env, source)
+    kind = r.string("installer", "kind", default="simulated")
+    if kind not in KINDS:
+        raise GuardError(f"{source}: key 'installer.kind': unknown installer {kind!r}; valid: {', '.join(KINDS)}")
+    state_dir = Path(r.string("state", "dir", default="/var/lib/ota-daemon"))
+    device_dir = r.get("installer", "simulated", "device_dir")
+    boot_id_file = BOOT_ID_FILE
+    if kind in ("rugix", "rauc"):
+        boot_id_file = Path(r.string("installer", kind, "boot_id_file", default=str(BOOT_ID_FILE)))
+    elif kind == "swupdate":
+        boot_id_file = Path(r.string("installer", "swupdate", "boot_id_path", default=str(BOOT_ID_FILE)))
+    fw_printenv: tuple[str, ...] = (r.string("installer", "swupdate", "fw_printenv_bin", default="fw_printenv"),)
+    if r.get("installer", "swupdate", "fw_env_config") is not None:
+        fw_printenv += ("-c", r.string("installer", "swupdate", "fw_env_config", default=""))
+    sw_state = r.get("installer", "swupdate", "state_file")
+    return GuardSettings(
+        source=source,
+        kind=kind,
+        timeout=r.duration("guard", "timeout", default=1800.0),
+        commit_grace=r.duration("guard", "commit_grace", default=120.0),
+        reboot_command=r.command("guard", "reboot_command", default=("systemctl", "reboot")),
+        max_reboots=r.integer("guard", "max_reboots", default=3, minimum=1),
+        state_dir=state_dir,
+        sim_device_dir=Path(r.string("installer", "simulated", "device_dir", default="")) if device_dir else None,
+        sim_on_reboot=r.string("installer", "simulated", "on_reboot", default="apply"),
+        rugix_bin=r.string("installer", "rugix", "bin", default="rugix-ctrl"),
+        rauc_bin=r.string("installer", "rauc", "bin", default="rauc"),
+        rauc_bus=r.string("installer", "rauc", "bus", default="system"),
+        boot_id_file=boot_id_file,
+        fw_printenv=fw_printenv,
+        slot_var=r.string("installer", "swupdate", "slot_var", default="rootpart"),
+        slots=r.command("installer", "swupdate", "slots", default=("A", "B")),
+        booted_from=r.string("installer", "swupdate", "booted_from", default="env"),
+        cmdline_path=Path(r.string("installer", "swupdate", "cmdline_path", default="/proc/cmdline")),
+        cmdline_arg=r.string("installer", "swupdate", "cmdline_arg", default="root"),
+        cmdline_map=r.table("installer", "swupdate", "cmdline_map"),
+        swupdate_state_file=Path(r.string("installer", "swupdate", "state_file", default="")) if sw_state else None,
+    )
+
+
+# =========================================================================== facts
+
+
+@dataclass(frozen=True)
+class SlotFacts:
+    """What the installer's own tool says about the booted system."""
+
+    kind: str
+    uncommitted: bool
+    booted: str | None
+    primary: str | None
+    detail: str
+    boot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JournalFacts:
+    """The few journal fields the guard looks at (no lock taken; may be a moment old)."""
+
+    phase: str | None = None
+    attempt_id: str | None = None
+    boot_id: str | None = None
+    target_slot: str | None = None
+    problem: str | None = None  # why the journal could not be read, if it could not
+
+
+def read_journal(state_dir: Path) -> JournalFacts:
+    """The daemon's journal, tolerantly: absent or unreadable → no phase (and a note why)."""
+    path = state_dir / JOURNAL_FILE
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return JournalFacts()
+    except (OSError, ValueError) as exc:
+        return JournalFacts(problem=f"{path}: unreadable ({exc}); deciding from the slots alone")
+    if not isinstance(raw, dict):
+        return JournalFacts(problem=f"{path}: not a JSON object; deciding from the slots alone")
+    attempt = raw.get("attempt")
+    if not isinstance(attempt, dict):
+        attempt = {}
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    return JournalFacts(
+        phase=text(raw.get("phase")),
+        attempt_id=text(attempt.get("id")),
+        boot_id=text(attempt.get("boot_id")),
+        target_slot=text(attempt.get("target_slot")),
+    )
+
+
+Runner = Callable[[Sequence[str], Mapping[str, str] | None], "subprocess.CompletedProcess[str]"]
+
+
+def run_tool(argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one status command; failures become :class:`GuardError` naming the command."""
+    shown = " ".join(argv)
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            env=None if env is None else {**os.environ, **env},
+            check=False,
+        )
+    except FileNotFoundError:
+        raise GuardError(f"'{shown}': {argv[0]} not found (is the installer's tool installed and on PATH?)") from None
+    except PermissionError:
+        raise GuardError(f"'{shown}': {argv[0]} is not executable") from None
+    except subprocess.TimeoutExpired:
+        raise GuardError(f"'{shown}': no answer within {COMMAND_TIMEOUT:g}s") from None
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise GuardError(f"'{shown}' exited with {result.returncode}: {' | '.join(last) or '(no output)'}")
+    return result
+
+
+def _json(result: subprocess.CompletedProcess[str], what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        raise GuardError(f"'{what}': expected JSON on stdout, got {result.stdout.strip()[:80]!r}") from None
+    if not isinstance(data, dict):
+        raise GuardError(f"'{what}': expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _boot_id(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def probe_rugix(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
+    argv = [settings.rugix_bin, "system", "info"]
+    boot = _json(run(argv, None), " ".join(argv)).get("boot")
+    active = boot.get("activeGroup") if isinstance(boot, dict) else None
+    default = boot.get("defaultGroup") if isinstance(boot, dict) else None
+    if not isinstance(active, str) or not isinstance(default, str):
+        raise GuardError(
+            f"'{' '.join(argv)}': expected boot.activeGroup and boot.defaultGroup, got boot={boot!r}; "
+            "cannot tell whether the booted system is committed"
+        )
+    return SlotFacts(
+        kind="rugix",
+        uncommitted=active != default,
+        booted=active,
+        primary=default,
+        detail=f"activeGroup {active}, defaultGroup {default}",
+        boot_id=_boot_id(settings.boot_id_file),
+    )
+
+
+def _rauc_env(bus: str) -> dict[str, str]:
+    """The RAUC CLI uses the system bus unless ``DBUS_STARTER_BUS_TYPE=session`` (§2.1)."""
+    if bus == "session":
+        return {"DBUS_STARTER_BUS_TYPE": "session"}
+    if bus == "system":
+        return {}
+    return {"DBUS_SYSTEM_BUS_ADDRESS": bus}
+
+
+def probe_rauc(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
+    argv = [settings.rauc_bin, "status", "--output-format=json"]
+    data = _json(run(argv, _rauc_env(settings.rauc_bus)), " ".join(argv))
+    booted_slot: str | None = None
+    for entry in data.get("slots") or []:
+        if isinstance(entry, dict):
+            for name, slot in entry.items():
+                if isinstance(slot, dict) and slot.get("state") == "booted":
+                    booted_slot = str(name)
+    primary = data.get("boot_primary")
+    if booted_slot is None or not isinstance(primary, str):
+        raise GuardError(
+            f"'{' '.join(argv)}': expected a slot in state 'booted' and boot_primary, got booted={data.get('booted')!r}, "
+            f"boot_primary={primary!r}; cannot tell whether the booted system is committed"
+        )
+    return SlotFacts(
+        kind="rauc",
+        uncommitted=booted_slot != primary,
+        booted=booted_slot,
+        primary=primary,
+        detail=f"booted {booted_slot} ({data.get('booted')}), primary {primary}",
+        boot_id=_boot_id(settings.boot_id_file),
+    )
+
+
+#: SWUpdate's ``ustate`` values that mean "installed, not confirmed": 1 INSTALLED, 2 TESTING
+SWUPDATE_UNCOMMITTED = frozenset({"1", "2"})
+
+
+def swupdate_booted(settings: GuardSettings, rootpart: str | None, boot_id: str | None) -> tuple[str | None, str]:
+    """The booted slot as the SWUpdate backend determines it, and how it was found.
+
+    ``booted_from = "cmdline"``: the kernel argument (through ``cmdline_map``). ``"env"``: the
+    value the backend pinned for this boot id; without a pin for this boot the daemon has not
+    looked yet in this boot, so nothing was installed in it and ``slot_var`` is still what the
+    bootloader booted.
+    """
+    if settings.booted_from == "cmdline":
+        try:
+            words = settings.cmdline_path.read_text().split()
+        except OSError as exc:
+            raise GuardError(f"{settings.cmdline_path}: cannot read the kernel command line: {exc}") from None
+        args = dict(w.partition("=")[::2] for w in words)
+        value = args.get(settings.cmdline_arg)
+        slot = settings.cmdline_map.get(value, value) if value is not None else None
+        return slot, f"{settings.cmdline_arg}= on the kernel command line"
+    with contextlib.suppress(OSError, ValueError):
+        pinned = json.loads(settings.pinned_boot_file.read_bytes())
+        if isinstance(pinned, dict) and boot_id and pinned.get("bootId") == boot_id and isinstance(pinned.get("booted"), str):
+            return pinned["booted"], f"pinned for this boot in {settings.pinned_boot_file}"
+    return rootpart, f"{settings.slot_var} as booted (no install in this boot)"
+
+
+def probe_swupdate(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
+    """On trial: ``ustate`` 1 or 2 and the booted slot is the one ``slot_var`` names. With
+    ``ustate`` 1 and another slot booted, the update is installed and waits for its reboot."""
+    argv = [*settings.fw_printenv, "ustate", settings.slot_var]
+    values: dict[str, str] = {}
+    for line in run(argv, None).stdout.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            values[name.strip()] = value.strip()
+    ustate = values.get("ustate", "")
+    target = values.get(settings.slot_var) or None
+    boot_id = _boot_id(settings.boot_id_file)
+    booted, how = swupdate_booted(settings, target, boot_id)
+    installed = ustate in SWUPDATE_UNCOMMITTED
+    trial = installed and booted == target
+    detail = f"ustate={ustate or '(unset)'}, {settings.slot_var}={target or '(unset)'}, booted {booted or '?'} ({how})"
+    if installed and not trial:
+        detail += "; installed, waits for its reboot"
+    # the committed slot: the one the env names, except on trial (then the other one)
+    primary = target
+    if trial:
+        primary = next((slot for slot in settings.slots if slot != target), None)
+    elif installed:
+        primary = booted
+    return SlotFacts(kind="swupdate", uncommitted=trial, booted=booted, primary=primary, detail=detail, boot_id=boot_id)
+
+
+def probe_simulated(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
+    path = settings.device_dir / "boot.json"
+    try:
+        state = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise GuardError(f"simulated device {settings.device_dir}: no boot.json (create the device first)") from None
+    except (OSError, ValueError) as exc:
+        raise GuardError(f"simulated device {path}: unreadable: {exc}") from None
+    booted, default = (state.get("booted"), state.get("default")) if isinstance(state, dict) else (None, None)
+    if not isinstance(booted, str) or not isinstance(default, str):
+        raise GuardError(f"simulated device {path}: expected 'booted' and 'default' slot names")
+    return SlotFacts(
+        kind="simulated",
+        uncommitted=booted != default,
+        booted=booted,
+        primary=default,
+        detail=f"booted {booted}, default {default}",
+        boot_id=f"sim-boot-{state.get('boot_count', 0)}",
+    )
+
+
+PROBES: dict[str, Callable[[GuardSettings, Runner], SlotFacts]] = {
+    "rugix": probe_rugix,
+    "rauc": probe_rauc,
+    "swupdate": probe_swupdate,
+    "simulated": probe_simulated,
+}
+
+
+# =========================================================================== the decision
+
+
+class Action(enum.StrEnum):
+    NONE = "none"
+    WAIT = "wait"
+    REBOOT = "reboot"
+    GIVE_UP = "give_up"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    delay: float = 0.0
+    early: bool = False  # a WAIT because guard.timeout has not passed yet
+
+
+def decide(
+    facts: SlotFacts,
+    journal: JournalFacts,
+    *,
+    uptime: float,
+    timeout: float,
+    commit_grace: float,
+    grace_waited: float = 0.0,
+    prior_reboots: int = 0,
+    max_reboots: int = 3,
+) -> Decision:
+    """What the guard does now: a pure function of its arguments (see the module docstring)."""
+    if not facts.uncommitted:
+        return Decision(Action.NONE, f"committed ({facts.detail})")
+    if journal.phase == "rebooting" and journal.boot_id is not None and journal.boot_id == facts.boot_id:
+        return Decision(
+            Action.NONE,
+            f"slot {journal.target_slot or '?'} was installed in this boot and waits for its reboot "
+            f"(journal phase rebooting); not a trial boot ({facts.detail})",
+        )
+    if uptime < timeout:
+        return Decision(
+            Action.WAIT,
+            f"uncommitted ({facts.detail}) but only {uptime:.0f}s since boot; guard.timeout is {timeout:.0f}s",
+            delay=timeout - uptime,
+            early=True,
+        )
+    if journal.phase in BUSY_PHASES and grace_waited < commit_grace:
+        return Decision(
+            Action.WAIT,
+            f"uncommitted ({facts.detail}) and the daemon's journal says {journal.phase}; "
+            f"waiting up to guard.commit_grace ({commit_grace:.0f}s) for it to finish",
+            delay=min(POLL_INTERVAL, commit_grace - grace_waited),
+        )
+    reason = f"still uncommitted {uptime:.0f}s after boot (guard.timeout {timeout:.0f}s): {facts.detail}"
+    if journal.phase in BUSY_PHASES:
+        reason += f"; the daemon's journal still says {journal.phase} after guard.commit_grace ({commit_grace:.0f}s)"
+    if prior_reboots >= max_reboots:
+        return Decision(
+            Action.GIVE_UP,
+            f"{reason}; the guard rebooted {prior_reboots} times in a row for this already "
+            f"(guard.max_reboots = {max_reboots}): not rebooting again; the boot flow does not fall back",
+        )
+    return Decision(Action.REBOOT, reason)
+
+
+# =========================================================================== doing it
+
+
+def _situation(facts: SlotFacts, journal: JournalFacts) -> dict[str, Any]:
+    return {"kind": facts.kind, "booted": facts.booted, "primary": facts.primary, "attemptId": journal.attempt_id}
+
+
+def prior_reboots(state_dir: Path, facts: SlotFacts, journal: JournalFacts) -> int:
+    """How often in a row the guard rebooted for this same situation (from ``guard.json``)."""
+    try:
+        previous = json.loads((state_dir / GUARD_FILE).read_bytes())
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(previous, dict) or previous.get("action") != "reboot":
+        return 0
+    count = previous.get("count", 1)
+    if not isinstance(count, int) or not all(previous.get(k) == v for k, v in _situation(facts, journal).items()):
+        return 0
+    if previous.get("bootId") == facts.boot_id:
+        return max(count - 1, 0)  # the reboot recorded never happened (this is still that boot)
+    return count
+
+
+def write_record(state_dir: Path, record: Mapping[str, Any]) -> Path:
+    """``guard.json``, atomically: temp file, fsync, rename, fsync of the directory."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_dir / GUARD_FILE
+    tmp = path.with_name(f".{GUARD_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(record, indent=1) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return path
+
+
+def reboot_system(settings: GuardSettings) -> None:
+    """Reboot: the configured command, or the simulated device's bootloader."""
+    if settings.kind == "simulated":
+        # the device's own boot rules (try-once); imported here: it pulls in pydantic
+        from ota_daemon.installers.simulated import SimulatedDevice
+
+        device = SimulatedDevice(settings.device_dir)
+        state = device.read()
+        state["reboot_requested"] = True
+        device.write(state)
+        if settings.sim_on_reboot == "apply":
+            device.boot()
+        return  # "exit": the rig applies the reboot it sees requested
+    shown = " ".join(settings.reboot_command)
+    try:
+        result = subprocess.run(list(settings.reboot_command), timeout=COMMAND_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GuardError(f"guard.reboot_command '{shown}' failed: {exc}") from None
+    if result.returncode != 0:
+        raise GuardError(f"guard.reboot_command '{shown}' exited with {result.returncode}")
+
+
+def read_uptime(path: Path = UPTIME_FILE) -> float:
+    try:
+        return float(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
+        raise GuardError(f"{path}: cannot read the uptime: {exc}") from None
+
+
+@dataclass
+class Env:
+    """The guard's seams: time, sleeping, the status probe and the reboot (tests inject them)."""
+
+    uptime: Callable[[], float] = read_uptime
+    now: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    probe: Callable[[GuardSettings], SlotFacts] = field(default=lambda s: PROBES[s.kind](s, run_tool))
+    reboot: Callable[[GuardSettings], None] = reboot_system
+    log: Callable[[str, int], None] = field(default=lambda message, level: _log(message, level))
+
+
+def _log(message: str, level: int) -> None:
+    # journald reads "<N>" as the priority (SyslogLevelPrefix=yes, the default)
+    prefix = f"<{level}>" if os.environ.get("JOURNAL_STREAM") else ""
+    print(f"{prefix}ota-daemon-guard: {message}", file=sys.stderr, flush=True)
+
+
+INFO, WARNING, ERROR = 6, 4, 3
+
+
+def run(settings: GuardSettings, env: Env | None = None, *, wait_early: bool = True) -> int:
+    """Look, wait while told to, then do nothing, reboot or give up. Returns the exit code."""
+    env = env or Env()
+    grace_waited = 0.0
+    while True:
+        facts = env.probe(settings)
+        journal = read_journal(settings.state_dir)
+        if journal.problem:
+            env.log(journal.problem, WARNING)
+        uptime = env.uptime()
+        prior = prior_reboots(settings.state_dir, facts, journal)
+        decision = decide(
+            facts,
+            journal,
+            uptime=uptime,
+            timeout=settings.timeout,
+            commit_grace=settings.commit_grace,
+            grace_waited=grace_waited,
+            prior_reboots=prior,
+            max_reboots=settings.max_reboots,
+        )
+        if decision.action is Action.WAIT:
+            if decision.early and not wait_early:
+                env.log(f"{decision.reason}; --no-wait: nothing done", INFO)
+                return 0
+            env.log(f"{decision.reason}; looking again in {decision.delay:.0f}s", INFO)
+            env.sleep(decision.delay)
+            if not decision.early:
+                grace_waited += decision.delay
+            continue
+        if decision.action is Action.NONE:
+            env.log(f"nothing to do: {decision.reason}", INFO)
+            return 0
+        if decision.action is Action.GIVE_UP:
+            env.log(decision.reason, ERROR)
+            return 1
+        record = {
+            "at": env.now(),
+            "action": "reboot",
+            "reason": decision.reason,
+            "booted": facts.booted,
+            "primary": facts.primary,
+            "kind": facts.kind,
+            "bootId": facts.boot_id,
+            "attemptId": journal.attempt_id,
+            "journalPhase": journal.phase,
+            "uptime": uptime,
+            "count": prior + 1,
+        }
+        write_record(settings.state_dir, record)
+        env.log(f"rebooting to roll back: {decision.reason}", WARNING)
+        env.reboot(settings)
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ota-daemon-guard",
+        description="Reboot a system that booted an update on trial and is still uncommitted guard.timeout after boot.",
+        epilog="Exit codes: 0 nothing to do or rebooted; 1 error, or gave up after guard.max_reboots.",
+    )
+    parser.add_argument("--config", help=f"configuration file (default: ${ENV_CONFIG} or {DEFAULT_CONFIG_PATH})")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit at once when guard.timeout has not passed yet (default: sleep until it has)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        return run(settings, wait_early=not args.no_wait)
+    except GuardError as exc:
+        _log(str(exc), ERROR)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
