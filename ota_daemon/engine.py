@@ -745,7 +745,9 @@ class Engine:
         return PassResult(Result.COMPLETED, current, attempt.target_version, f"{attempt.target_version} committed in slot {attempt.target_slot}")
 
     async def _rolled_back(self, attempt: Attempt, info: SlotInfo, current: str) -> PassResult:
-        reason = attempt.failure or f"slot {attempt.target_slot} did not stay booted; the bootloader returned to slot {info.booted}"
+        reason = attempt.failure or self._guard_reason(attempt) or (
+            f"slot {attempt.target_slot} did not stay booted; the bootloader returned to slot {info.booted}"
+        )
         message = f"update rolled back (expected {attempt.target_version}, running {current}): {reason}"
         self._quarantine(attempt, reason)
         data = self.journal.data
@@ -789,6 +791,16 @@ class Engine:
             data.quarantine[attempt.target_version] = QuarantineEntry(
                 version=attempt.target_version, version_id=attempt.version_id, reason=reason, at=self.clock.now(), attempts=count
             )
+
+    def _guard_reason(self, attempt: Attempt) -> str | None:
+        """What ota-daemon-guard recorded, when it rebooted the trial slot of this attempt."""
+        try:
+            record = json.loads((self.config.state.dir / "guard.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("at"), int | float) or record["at"] < attempt.started_at:
+            return None
+        return f"rebooted by ota-daemon-guard: {str(record.get('reason') or 'still uncommitted')[:300]}"
 
     def _end_attempt(self) -> None:
         if self.journal.data.phase is not Phase.IDLE:

@@ -124,6 +124,17 @@ async def test_boot_failure_detected_as_rollback(world: SimWorld, clock: FakeClo
     assert (await run_pass(world, clock)).result is Result.BLOCKED
 
 
+async def test_guard_reboot_named_in_rollback(world: SimWorld, clock: FakeClock) -> None:
+    """When ota-daemon-guard rebooted the trial system, the rollback report says so."""
+    world.publish("1.1.0")
+    assert (await run_pass(world, clock)).result is Result.REBOOTING
+    (world.state_dir / "guard.json").write_text(json.dumps({"at": clock.now() + 1, "action": "reboot", "reason": "still uncommitted 1800s after boot"}))
+    world.device.boot()
+    result = await run_pass(world, clock)
+    assert result.result is Result.ROLLED_BACK
+    assert "rebooted by ota-daemon-guard: still uncommitted 1800s after boot" in result.message
+
+
 async def test_new_tag_after_quarantine_installs(world: SimWorld, clock: FakeClock) -> None:
     """Once the tag points at another version, that version installs."""
     world.publish("1.1.0")
