@@ -8,10 +8,12 @@ was expected.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import stat
+import string
 import tomllib
 from collections.abc import Mapping
 from datetime import time as dtime
@@ -23,11 +25,17 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from ota_daemon.errors import ConfigError
 
@@ -229,6 +237,20 @@ class HubConfig(_Section):
             )
         return value
 
+    @field_validator("image_asset", "build_info_asset")
+    @classmethod
+    def _check_asset_pattern(cls, value: str) -> str:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+            name = value.format(system="system", ext="ext")
+        except (KeyError, IndexError, ValueError, AttributeError):
+            fields = {"?"}
+        if not fields <= {"system", "ext"}:
+            raise ValueError("expected an asset name with only the placeholders {system} and {ext}")
+        if not name or "/" in name or len(name) > 256:
+            raise ValueError("expected an asset file name (no '/') with the placeholders {system} and {ext}")
+        return value
+
     @field_validator("kind")
     @classmethod
     def _check_kind(cls, value: str) -> str:
@@ -379,7 +401,8 @@ class DownloadConfig(_Section):
     retry_initial_wait: Duration = Field(default=1.0, description="first backoff; doubles per failure, with jitter")
     retry_max_wait: Duration = 300.0
     max_url_reissues: int = Field(default=5, ge=0, description="401/403/410 in a row without progress: ask the hub for a new URL this often")
-    sync_interval: Size = Field(default=64 * 1024 * 1024, ge=1, description="fsync the partial file and checkpoint the hash every this many bytes (the most a power cut loses)")
+    sync_interval: Size = Field(default=64 * 1024 * 1024, ge=1, description="fsync the partial file and checkpoint the hash every this many bytes (what a power cut loses) …")
+    sync_min_period: Duration = Field(default=2.0, description="… but not more often than this: at line speed a power cut loses at most this many seconds of download")
     chunk_size: Size = Field(default=1024 * 1024, ge=4096)
     fast_path: bool = Field(default=True, description="read bodies straight from the socket when no proxy applies; false: always through httpx")
 
@@ -493,6 +516,13 @@ class Config(BaseSettings):
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    #: problems with the file itself (world-writable, foreign owner): see :func:`file_warnings`
+    _load_warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings about where this configuration came from (not configuration keys)."""
+        return list(self._load_warnings)
 
     @classmethod
     def settings_customise_sources(
@@ -565,6 +595,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not usable TOML: arrays or tables nested too deeply") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: configuration file not readable: {exc.strerror or exc}") from None
 
 
 def build_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str] | None = None) -> Config:
@@ -577,6 +611,13 @@ def build_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
         raise ConfigError(
             f"environment variable {unknown[0]}: expected OTA_DAEMON_<SECTION>__<KEY> (or OTA_DAEMON_CONFIG)"
         )
+    for k, v in env.items():
+        if k.upper().startswith(ENV_PREFIX) and ("\x00" in k or "=" in k or "\x00" in v):
+            raise ConfigError(f"environment variable {_shown(k)}: a NUL byte in its name or value, or '=' in its name")
+    for key in data:
+        # pydantic-settings reads "_env_file", "_secrets_dir", "_cli_parse_args", ... as options
+        if not isinstance(key, str) or key not in Config.model_fields:
+            raise ConfigError(f"{source}: unknown key '{key}'")
     saved = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
     try:
         # pydantic-settings reads os.environ; make it see exactly ``env``.
@@ -589,10 +630,82 @@ def build_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
     except ValidationError as exc:
         errors = exc.errors()
         raise ConfigError(_format_error(errors[0], source, env) + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")) from None
+    except (SettingsError, RecursionError) as exc:
+        # a list or table value in the environment that is not (usable) JSON
+        names = ", ".join(sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in ENV_RESERVED)) or "OTA_DAEMON_*"
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(
+            f"environment ({names}): {reason}; list and table values must be JSON, e.g. '[\"systemctl\", \"reboot\"]'"
+        ) from None
     finally:
         for k in [k for k in os.environ if k.upper().startswith(ENV_PREFIX)]:
             del os.environ[k]
         os.environ.update(saved)
+
+
+def read_legacy_config(path: Path | str) -> dict[str, Any]:
+    """``/etc/nexigon-rugix-ota.json`` (the script's config) as config-file-shaped data.
+
+    ``{"path": …, "rugix": {"useBundleHash": …}}`` becomes ``{"hub": {"path": …},
+    "installer": {"rugix": {"use_bundle_hash": …}}}``; keys that are absent stay absent.
+    A missing file gives ``{}``. Raises :class:`ConfigError` naming the file and the key.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except (PermissionError, IsADirectoryError) as exc:
+        raise ConfigError(f"{path}: cannot read the nexigon-rugix-ota config: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid JSON: not UTF-8 text") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object such as {{\"path\": \"repo/pkg/tag\"}}, got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    if data.get("path") is not None:
+        if not isinstance(data["path"], str):
+            raise ConfigError(f"{path}: key 'path': expected a string 'repository/package/tag'")
+        out["hub"] = {"path": data["path"]}
+    rugix = data.get("rugix")
+    if rugix is not None:
+        if not isinstance(rugix, dict):
+            raise ConfigError(f"{path}: key 'rugix': expected an object such as {{\"useBundleHash\": true}}")
+        use = rugix.get("useBundleHash")
+        if use is not None:
+            if not isinstance(use, bool):
+                raise ConfigError(f"{path}: key 'rugix.useBundleHash': expected true or false, got {use!r}")
+            out["installer"] = {"rugix": {"use_bundle_hash": use}}
+    return out
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def with_legacy_config(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Under the config file: ``/etc/nexigon-rugix-ota.json`` of the script this daemon replaces.
+
+    Read only with ``hub.kind = "nexigon"``; its ``path`` and ``rugix.useBundleHash`` apply
+    unless the config file sets them. ``hub.legacy_config = ""`` turns it off.
+    """
+    hub = data.get("hub") if isinstance(data.get("hub"), Mapping) else {}
+    kind = env.get(f"{ENV_PREFIX}HUB__KIND") or (hub or {}).get("kind")
+    if kind != "nexigon":
+        return dict(data)
+    legacy = (hub or {}).get("legacy_config", str(HubConfig.model_fields["legacy_config"].default))
+    if not legacy or not isinstance(legacy, str):
+        return dict(data)
+    return _deep_merge(read_legacy_config(legacy), data)
 
 
 def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None, must_exist: bool | None = None) -> Config:
@@ -604,7 +717,34 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
         must_exist = explicit
     if not chosen.exists() and not must_exist:
         return build_config({}, source=f"{chosen} (absent: defaults)", env=env)
-    return build_config(read_toml(chosen), source=str(chosen), env=env)
+    config = build_config(with_legacy_config(read_toml(chosen), env), source=str(chosen), env=env)
+    config._load_warnings = file_warnings(chosen)
+    return config
+
+
+def file_warnings(path: Path) -> list[str]:
+    """Why ``path`` (the configuration file) is not safe from other users, if it is not.
+
+    The daemon runs as root and installs what the file says: a file (or directory) that
+    other users may write is a way to root. Returned as text for an event; never fatal.
+    """
+    out: list[str] = []
+    try:
+        st = path.stat()
+        parent = path.absolute().parent.stat()
+    except OSError:
+        return out
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IWOTH:
+        out.append(f"{path} is writable by every user (mode {mode:04o}): anyone on the device can change what ota-daemon installs; chmod o-w {path}")
+    elif mode & stat.S_IWGRP and st.st_gid != 0:
+        out.append(f"{path} is writable by group {st.st_gid} (mode {mode:04o}): its members can change what ota-daemon installs; chmod g-w {path}")
+    if st.st_uid not in (0, os.geteuid()):
+        out.append(f"{path} is owned by uid {st.st_uid}, not root: that user can change what ota-daemon installs; chown root {path}")
+    pmode = stat.S_IMODE(parent.st_mode)
+    if pmode & stat.S_IWOTH and not pmode & stat.S_ISVTX:
+        out.append(f"{path.absolute().parent} is writable by every user (mode {pmode:04o}): anyone can replace {path.name}")
+    return out
 
 
 # --------------------------------------------------------------------------- hub overlay

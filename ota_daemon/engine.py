@@ -43,7 +43,9 @@ from ota_daemon.errors import (
     UpdateFailed,
 )
 from ota_daemon.health import HealthGate
+from ota_daemon.hooks import HookDecision, HookPoint, HookReport, hook_env, run_hooks
 from ota_daemon.hubs.base import Hub
+from ota_daemon.inhibit import deferral_decision, scan
 from ota_daemon.installers.base import Installer
 from ota_daemon.model import (
     Asset,
@@ -365,6 +367,10 @@ class Engine:
                     await self._download(target, document)
             await self._blocked(target, decision.reason, current)
             return PassResult(Result.BLOCKED, current, target.version, decision.reason, summary)
+        held = await self._deferred("install", target.version, config)
+        if held is not None:
+            await self._blocked(target, held, current)
+            return PassResult(Result.BLOCKED, current, target.version, held, summary)
         return await self._install(target, document, info, current, config)
 
     async def install_local(self, source: str, *, version: str | None = None, sha256: str | None = None) -> PassResult:
@@ -454,6 +460,10 @@ class Engine:
         image_name = config.hub.image_asset.format(system=system, ext=ext)
         image = document.asset(image_name)
         if image is None:
+            # a version may still be uploading: do not trust a cached copy of it next time
+            invalidate = getattr(self.hub, "invalidate", None)
+            if callable(invalidate):
+                invalidate(document.version_id)
             names = ", ".join(a.filename for a in document.assets) or "none"
             raise HubError(f"version {document.version_id} at {path!r} has no asset {image_name!r} (has: {names})")
         if image.status not in (None, "Available"):
@@ -571,6 +581,14 @@ class Engine:
         if config.installer.kind == "rugix" and config.installer.rugix.use_bundle_hash and not attempt.bundle_hash:
             raise HubError(f"asset {target.image.filename!r} has no metadata.rugix.bundleHash, and installer.rugix.use_bundle_hash is set")
         structlog.contextvars.bind_contextvars(attempt_id=attempt.id)
+        report = await self._hooks(HookPoint.PRE_INSTALL, attempt, current, info.booted, info.other(info.booted))
+        if report.decision is HookDecision.DEFER:
+            reason = await self._defer_capped("pre-install", target.version, report.reason, config)
+            if reason is not None:
+                await self._blocked(target, reason, current)
+                return PassResult(Result.BLOCKED, current, target.version, reason, _target_summary(target))
+        elif report.decision is HookDecision.FAIL:
+            return await self._failed(attempt, report.reason, current, detail=report.deciding.output_tail if report.deciding else None)
         is_local = local_path(target.image.url or "") is not None if source_kind == "local" else False
         mode = choose_mode(config.download.mode, self.installer.source_kinds, local=is_local)
         await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
@@ -611,8 +629,7 @@ class Engine:
         attempt.target_slot = outcome.target_slot
         attempt.boot_id = info.boot_id
         self.journal.transition(Phase.REBOOTING, attempt=attempt)
-        if mode is SourceKind.FILE and source_kind == "hub":
-            pass  # the cached image stays until the commit, for a repeated install after a crash
+        await self._hooks(HookPoint.POST_INSTALL, attempt, current, attempt.from_slot, attempt.target_slot)
         return await self._reboot(attempt, current, config)
 
     def _loop_guard(self, phase: Phase, count: int) -> None:
@@ -624,12 +641,32 @@ class Engine:
                 phase=phase.value,
             )
 
-    async def _reboot(self, attempt: Attempt, current: str, config: Config) -> PassResult:
+    async def _reboot_gate(self, attempt: Attempt, current: str, config: Config) -> PassResult | None:
+        """Policy, inhibitors and pre-reboot hooks: a REBOOT_PENDING result when the reboot must wait."""
         policy = config.policy.reboot
-        if policy == "manual" or (policy == "window" and not in_windows(config.policy.reboot_window, datetime.fromtimestamp(self.clock.now()))):
-            await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value, progress=100)
-            await self.telemetry.emit(Event.REBOOT_PENDING, key=f"{attempt.id}:reboot_pending", targetVersion=attempt.target_version, rebootPolicy=policy)
-            return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"installed {attempt.target_version} into slot {attempt.target_slot}; reboot policy {policy!r}: waiting for the reboot")
+        reason: str | None = None
+        if policy == "manual":
+            reason = "reboot policy 'manual': waiting for 'ota-daemon reboot' or a reboot by someone else"
+        elif policy == "window" and not in_windows(config.policy.reboot_window, datetime.fromtimestamp(self.clock.now())):
+            windows = ", ".join(w.text for w in config.policy.reboot_window or [])
+            reason = f"outside the reboot window ({windows})"
+        if reason is None:
+            reason = await self._deferred("reboot", attempt.id, config)
+        if reason is None:
+            report = await self._hooks(HookPoint.PRE_REBOOT, attempt, current, attempt.from_slot, attempt.target_slot)
+            if report.decision is not HookDecision.OK:
+                reason = await self._defer_capped("pre-reboot", attempt.id, report.reason, config)
+        if reason is None:
+            return None
+        await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value, progress=100, reason=reason)
+        await self.telemetry.emit(Event.REBOOT_PENDING, f"update installed, reboot deferred: {reason}", key=f"{attempt.id}:reboot_pending:{reason}", targetVersion=attempt.target_version, reason=reason)
+        return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"installed {attempt.target_version} into slot {attempt.target_slot}; {reason}")
+
+    async def _reboot(self, attempt: Attempt, current: str, config: Config, *, gated: bool = False) -> PassResult:
+        if not gated:
+            waiting = await self._reboot_gate(attempt, current, config)
+            if waiting is not None:
+                return waiting
         attempt.reboot_requested = True
         self.journal.save()
         await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value, progress=100)
@@ -663,10 +700,14 @@ class Engine:
                 return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"{attempt.target_version} installed in slot {attempt.target_slot}; waiting for a reboot")
             case Resume.REQUEST_REBOOT:
                 assert attempt is not None
+                config = self.effective or self.config
+                waiting = await self._reboot_gate(attempt, current, config)
+                if waiting is not None:
+                    return waiting  # a deferred reboot is no crash loop: not counted
                 count = self.journal.transition(Phase.REBOOTING)
                 if count > self.config.policy.max_phase_entries + 1:
                     return await self._failed(attempt, f"the reboot into slot {attempt.target_slot} was requested {count - 1} times and never happened", current)
-                return await self._reboot(attempt, current, self.effective or self.config)
+                return await self._reboot(attempt, current, config, gated=True)
             case Resume.COMMIT:
                 assert attempt is not None
                 return await self._commit(attempt, info, current)
@@ -722,6 +763,7 @@ class Engine:
             await self.telemetry.emit(Event.HEALTH_CHECK_FAILED if check else Event.FAILED, str(exc), key=f"{attempt.id}:gate", check=check, error=str(exc), output=exc.detail)
             with contextlib.suppress(OtaError):
                 await self.installer.mark_bad(info.booted)
+            await self._hooks(HookPoint.ON_FAILURE, attempt, current, attempt.from_slot, attempt.target_slot)
             await self.telemetry.flush()
             await self.installer.reboot(spare=False)
             return PassResult(Result.ROLLED_BACK, current, attempt.target_version, f"{exc}; rolling back to slot {attempt.from_slot}")
@@ -740,6 +782,8 @@ class Engine:
             last_outcome=Outcome(state="completed", attempt_id=attempt.id, version=attempt.target_version, at=self.clock.now()),
         )
         self._clean_cache()
+        if attempt.source != "adopted":
+            await self._hooks(HookPoint.POST_COMMIT, attempt, current, attempt.from_slot, attempt.target_slot)
         await self.telemetry.update_status(state=State.COMPLETED.value, currentVersion=current, targetVersion=None, failureCount=0, lastError=None, phase=Phase.IDLE.value, progress=None, attemptId=attempt.id, reason=None)
         await self.telemetry.emit(Event.COMPLETED, key=f"{attempt.id}:completed", currentVersion=current, fromVersion=attempt.from_version)
         return PassResult(Result.COMPLETED, current, attempt.target_version, f"{attempt.target_version} committed in slot {attempt.target_slot}")
@@ -763,6 +807,7 @@ class Engine:
             lastError=message, phase=Phase.IDLE.value, progress=None, quarantined=_quarantine_list(self.journal.data), reason=reason,
         )
         await self.telemetry.emit(Event.ROLLBACK, message, key=f"{attempt.id}:rollback", targetVersion=attempt.target_version, currentVersion=current, error=reason)
+        await self._hooks(HookPoint.ON_ROLLBACK, attempt, current, attempt.from_slot, attempt.target_slot)
         return PassResult(Result.ROLLED_BACK, current, attempt.target_version, message)
 
     async def _failed(self, attempt: Attempt, error: str, current: str, *, detail: str | None = None) -> PassResult:
@@ -779,6 +824,7 @@ class Engine:
             phase=Phase.IDLE.value, progress=None, quarantined=_quarantine_list(data), reason=error,
         )
         await self.telemetry.emit(Event.FAILED, key=f"{attempt.id}:failed", error=error, output=detail, targetVersion=attempt.target_version)
+        await self._hooks(HookPoint.ON_FAILURE, attempt, current, attempt.from_slot, attempt.target_slot)
         return PassResult(Result.FAILED, current, attempt.target_version, error)
 
     def _quarantine(self, attempt: Attempt, reason: str) -> None:
@@ -791,6 +837,48 @@ class Engine:
             data.quarantine[attempt.target_version] = QuarantineEntry(
                 version=attempt.target_version, version_id=attempt.version_id, reason=reason, at=self.clock.now(), attempts=count
             )
+
+    async def _hooks(self, point: HookPoint, attempt: Attempt, current: str, from_slot: str | None, target_slot: str | None) -> HookReport:
+        """Run a hook point; a failing report-only hook becomes a warning event, never an error."""
+        env = hook_env(current_version=current, target_version=attempt.target_version, attempt_id=attempt.id, from_slot=from_slot, target_slot=target_slot)
+        report = await run_hooks(point, config=self.config.hooks, env=env, clock=self.clock)
+        if report.failures or report.skipped:
+            await self.telemetry.emit(Event.WARNING, f"{point.value} hooks: {report.reason}", **report.to_attributes())
+        return report
+
+    async def _deferred(self, what: str, subject: str, config: Config) -> str | None:
+        """An application's lease holds ``what`` back: the reason, or None to go on (also past the cap)."""
+        state = scan(config.policy.inhibit_dir, now=self.clock.now())
+        for problem in state.problems:
+            await self._warn_once(f"lease:{problem}", f"inhibitor lease ignored: {problem}")
+        key = f"{what}:{subject}"
+        since = self.journal.data.deferred_since.get(key)
+        defer, reason = deferral_decision(state, what, blocked_since=since, now=self.clock.now(), max_deferral=config.policy.max_deferral)
+        if defer:
+            if since is None:
+                self.journal.data.deferred_since[key] = self.clock.now()
+                self.journal.save()
+            return reason
+        if since is not None:
+            del self.journal.data.deferred_since[key]
+            self.journal.save()
+        if state.for_(what).inhibited:  # past policy.max_deferral: proceeding, say so
+            await self.telemetry.emit(Event.WARNING, reason, what=what)
+        return None
+
+    async def _defer_capped(self, what: str, subject: str, reason: str, config: Config) -> str | None:
+        """A deferral asked for by a hook, capped by policy.max_deferral like a lease."""
+        key = f"{what}:{subject}"
+        now = self.clock.now()
+        since = self.journal.data.deferred_since.setdefault(key, now)
+        if since == now:
+            self.journal.save()
+        if now - since >= config.policy.max_deferral:
+            del self.journal.data.deferred_since[key]
+            self.journal.save()
+            await self.telemetry.emit(Event.WARNING, f"{reason}; deferred past policy.max_deferral: proceeding anyway", what=what)
+            return None
+        return reason
 
     def _guard_reason(self, attempt: Attempt) -> str | None:
         """What ota-daemon-guard recorded, when it rebooted the trial slot of this attempt."""

@@ -8,7 +8,8 @@
     ├── LockHeld                  another ota-daemon process holds the state lock: exit 1
     ├── JournalError              the journal cannot be read or written
     ├── TransientError            hub unreachable, 5xx/429, connection cut: retry with backoff
-    │   └── HubUnavailable        the hub (agent, server, folder) does not answer
+    │   ├── HubUnavailable        the hub (agent, server, folder) does not answer
+    │   └── EventsPartlyDelivered the first N events of a batch went, then the hub went away
     ├── UpdateFailed              this attempt failed for good: report, quarantine, roll back
     │   ├── IntegrityError        size or digest mismatch: the bytes are never installed
     │   ├── InstallerError        the installer tool failed; carries its own error text
@@ -59,6 +60,14 @@ class TransientError(OtaError):
 
 class HubUnavailable(TransientError):
     """The hub does not answer at all."""
+
+
+class EventsPartlyDelivered(TransientError):
+    """Some events went (``delivered``, the first ones), then the hub stopped answering."""
+
+    def __init__(self, message: str, *, delivered: int) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 class HubError(OtaError):

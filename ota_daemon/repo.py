@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.errors import UsageError
+from ota_daemon.ids import random_b58
 from ota_daemon.model import VersionDocument
 from ota_daemon.state import atomic_write
-
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 def _sha256(path: Path) -> str:
@@ -79,7 +78,7 @@ def publish(
         assets.append({"filename": name, "size": file.stat().st_size, "digest": f"sha256_{digest}", "status": "Available", "url": f"assets/sha256_{digest}", "metadata": {}})
         if file.name.startswith(".build-info."):
             file.unlink()
-    version_id = "pkg_v_" + "".join(secrets.choice(_B58) for _ in range(22))
+    version_id = "pkg_v_" + random_b58(22)
     tags = [{"tag": version, "locked": True}, {"tag": tag, "locked": False}] + [{"tag": t, "locked": False} for t in extra_tags or []]
     document = {"versionId": version_id, "assets": assets, "tags": tags, "metadata": {"imageVersion": version}}
     VersionDocument.model_validate(document)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import fcntl
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ota_daemon.errors import JournalError, LockHeld
 
 SCHEMA_VERSION = 1
+#: a journal larger than this is not one we wrote: it is moved aside unread
+MAX_JOURNAL_BYTES = 16 * 1024 * 1024
 
 
 class Phase(enum.StrEnum):
@@ -135,7 +139,8 @@ class JournalData(BaseModel):
     last_outcome: Outcome | None = None
     failure_count: int = 0
     last_error: str | None = None
-    blocked_since: float | None = None
+    #: when a deferral began, per "<what>:<version or attempt>" (for policy.max_deferral)
+    deferred_since: dict[str, float] = Field(default_factory=dict)
     #: loop protection: "<version>:<phase>" -> how often a pass entered that phase for it
     phase_entries: dict[str, int] = Field(default_factory=dict)
 
@@ -153,9 +158,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that a power cut leaves the old or the new file, whole."""
+    """Write ``data`` to ``path`` so that a power cut leaves the old or the new file, whole.
+
+    The temporary file is always a new file (``O_EXCL | O_NOFOLLOW``, after removing
+    whatever has its name): a symbolic or hard link planted at that name is never written
+    through. A link at ``path`` itself is replaced, not followed.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of a power cut, or something planted: never reused
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -167,6 +179,36 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def _read_regular(path: Path, limit: int) -> bytes | str:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else why not.
+
+    Never follows a symbolic link and never blocks on a FIFO. Raises ``OSError`` (e.g.
+    ``FileNotFoundError``) when it cannot be opened for other reasons.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link, not a file"
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size > limit:
+            return f"{st.st_size} bytes, more than {limit}"
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                return f"more than {limit} bytes"
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -200,27 +242,34 @@ class Journal:
         ensure_private_dir(self.dir)
         self.recovered_from = None
         try:
-            raw = self.path.read_bytes()
+            raw = _read_regular(self.path, MAX_JOURNAL_BYTES)
         except FileNotFoundError:
             self.data = JournalData()
             return self.data
         except OSError as exc:
             raise JournalError(f"{self.path}: cannot read the journal: {exc.strerror}") from None
         try:
+            if isinstance(raw, str):
+                raise ValueError(raw)
             parsed = json.loads(raw)
             if not isinstance(parsed, dict):
                 raise ValueError("not a JSON object")
             self.data = JournalData.model_validate(upgrade(parsed))
+        except RecursionError:
+            self._move_aside("nested too deeply")
         except (ValueError, ValidationError) as exc:
-            aside = self.path.with_name(f"journal.corrupt.{os.getpid()}.json")
-            try:
-                os.replace(self.path, aside)
-            except OSError as move_exc:
-                raise JournalError(f"{self.path}: unreadable and cannot be moved aside: {move_exc}") from None
-            reason = str(exc).splitlines()[0][:200]
-            self.recovered_from = f"{self.path} was unreadable ({reason}); moved to {aside.name}"
-            self.data = JournalData()
+            self._move_aside(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         return self.data
+
+    def _move_aside(self, reason: str) -> None:
+        """The journal is unreadable: keep it for a post-mortem, start from an empty one."""
+        aside = self.path.with_name(f"journal.corrupt.{os.getpid()}.json")
+        try:
+            os.replace(self.path, aside)
+        except OSError as move_exc:
+            raise JournalError(f"{self.path}: unreadable and cannot be moved aside: {move_exc}") from None
+        self.recovered_from = f"{self.path} was unreadable ({reason}); moved to {aside.name}"
+        self.data = JournalData()
 
     def save(self) -> None:
         self.data.store_count += 1

@@ -14,12 +14,11 @@ reports one completion twice.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import hashlib
+import errno
 import json
 import os
-import secrets
+import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +27,9 @@ from typing import Any
 import structlog
 
 from ota_daemon.clock import Clock, iso
-from ota_daemon.errors import OtaError, TransientError
+from ota_daemon.errors import EventsPartlyDelivered, OtaError, TransientError
 from ota_daemon.hubs.base import Hub
+from ota_daemon.ids import make_event_id
 from ota_daemon.model import Progress
 from ota_daemon.redact import redact_text, redact_value
 from ota_daemon.state import atomic_write, ensure_private_dir
@@ -37,7 +37,6 @@ from ota_daemon.state import atomic_write, ensure_private_dir
 log = structlog.get_logger("ota_daemon.telemetry")
 
 CATEGORY = "ota"
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 class State(enum.StrEnum):
@@ -125,21 +124,6 @@ HUB_STATUS_FIELDS = (
 )
 
 
-def make_event_id(ts: float, key: str | None = None) -> str:
-    """A dated Nexigon event id ``d_ev_YYYYMMDD-HHMM-<8 base58>``; deterministic for a key."""
-    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d-%H%M")
-    if key is None:
-        tail = "".join(secrets.choice(_B58) for _ in range(8))
-    else:
-        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-        chars = []
-        for _ in range(8):
-            number, rem = divmod(number, 58)
-            chars.append(_B58[rem])
-        tail = "".join(chars)
-    return f"d_ev_{stamp}-{tail}"
-
-
 ProgressListener = Callable[[Progress], None]
 StatusListener = Callable[[dict[str, Any]], None]
 
@@ -203,27 +187,30 @@ class Telemetry:
         return record
 
     def _seen(self, key: str) -> bool:
-        with contextlib.suppress(OSError), open(self.events_path, "rb") as fh:
-            needle = f'"dedupe":{json.dumps(key)}'.encode()
-            return any(needle in line for line in fh)
-        return False
+        needle = f'"dedupe":{json.dumps(key)}'.encode()
+        return any(needle in line for line in _read_lines(self.events_path))
 
     def _append(self, path: Path, line: str, limit: int, *, count_drops: bool = False, durable: bool = False) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        fd = _open_append(path)
         try:
-            os.write(fd, line.encode())
+            data = line.encode()
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a line cut short by a power cut stays a line of its own
+            os.write(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
         lines = _count_lines(path)
         if lines > limit * 2 if not count_drops else lines > limit:
-            with open(path, "rb") as fh:
-                kept = fh.readlines()
-            dropped = len(kept) - limit
+            kept = _read_lines(path, keepends=True)
+            dropped = max(0, len(kept) - limit)
             atomic_write(path, b"".join(kept[dropped:]))
             if count_drops:
-                self.status["eventsDropped"] = int(self.status.get("eventsDropped", 0)) + dropped
+                before = self.status.get("eventsDropped")
+                before = before if isinstance(before, int) and not isinstance(before, bool) and before >= 0 else 0
+                self.status["eventsDropped"] = before + dropped
                 self._write_local()
 
     async def flush(self) -> bool:
@@ -231,21 +218,22 @@ class Telemetry:
         if not self.deliver or self.hub is None:
             return True
         ok = True
-        try:
-            raw = self.spool_path.read_bytes()
-        except FileNotFoundError:
-            raw = b""
-        if raw:
-            events = []
-            for line in raw.splitlines():
-                with contextlib.suppress(ValueError):
-                    events.append(json.loads(line))
+        lines = _read_lines(self.spool_path, keepends=True)
+        if lines:
+            # lines that are not events (cut short by a power cut, garbage) are dropped here
+            spooled = [(line, event) for line in lines if (event := _parse_event(line)) is not None]
             try:
-                for start in range(0, len(events), 100):
-                    await self.hub.publish_events(events[start : start + 100])
+                if len(spooled) != len(lines):
+                    atomic_write(self.spool_path, b"".join(line for line, _ in spooled))
+                for start in range(0, len(spooled), 100):
+                    try:
+                        await self.hub.publish_events([event for _, event in spooled[start : start + 100]])
+                    except EventsPartlyDelivered as exc:
+                        # the first ones went (one at a time, over the agent CLI): never send them twice
+                        atomic_write(self.spool_path, b"".join(line for line, _ in spooled[start + exc.delivered :]))
+                        raise
                     # drop what went, keep the rest in order
-                    rest = raw.splitlines(keepends=True)[start + 100 :]
-                    atomic_write(self.spool_path, b"".join(rest))
+                    atomic_write(self.spool_path, b"".join(line for line, _ in spooled[start + 100 :]))
             except TransientError as exc:
                 log.warning("events spooled; hub unavailable", error=str(exc), spooled=_count_lines(self.spool_path))
                 ok = False
@@ -312,15 +300,9 @@ class Telemetry:
         return True
 
     def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:
-        try:
-            lines = self.events_path.read_bytes().splitlines()[-limit:]
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
+        """The last ``limit`` events recorded locally; lines that are not events are skipped."""
+        events = [event for line in _read_lines(self.events_path) if (event := _parse_event(line)) is not None]
+        return events[-limit:] if limit > 0 else []
 
 
 def iso_precise(ts: float) -> str:
@@ -328,17 +310,98 @@ def iso_precise(ts: float) -> str:
     return text.replace(".000Z", "Z")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+#: status.json and hub-status.json larger than this are not ours: ignored
+MAX_STATUS_BYTES = 1 << 20
+#: JSON deeper than this in a file read back is not ours: ignored (keeps redaction shallow)
+MAX_DEPTH = 32
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_APPEND = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_append(path: Path) -> int:
+    """``path`` opened for appending, never through a symbolic link or into a FIFO/device.
+
+    Something that is not a regular file at that name (planted, or left by a bug) is removed
+    and a new file created in its place.
+    """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, _OPEN_APPEND, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):
+            raise
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+    log.warning("not a regular file; replaced", path=str(path))
+    path.unlink()
+    return os.open(path, _OPEN_APPEND | os.O_EXCL, 0o600)
+
+
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """A regular file's bytes; empty when it is missing, not a regular file, a link or too big."""
+    try:
+        fd = os.open(path, _OPEN_READ)
+    except OSError:
+        return b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
+            return b""
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _read_lines(path: Path, *, keepends: bool = False) -> list[bytes]:
+    return _read_bytes(path).splitlines(keepends=keepends)
+
+
+def _loads(raw: bytes) -> Any:
+    """JSON from a file we wrote; ``None`` for anything else (garbage, too deep)."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
         return None
+    # a depth check without recursion: deep values are not ours and would not redact
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return None
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return value
+
+
+def _parse_event(line: bytes) -> dict[str, Any] | None:
+    """One line of events.jsonl or spool.jsonl: an event object, or ``None``."""
+    if not line.strip():
+        return None
+    event = _loads(line)
+    return event if isinstance(event, dict) else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    data = _loads(_read_bytes(path, MAX_STATUS_BYTES) or b"null")
     return data if isinstance(data, dict) else None
 
 
 def _count_lines(path: Path) -> int:
     try:
-        with open(path, "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
-    except FileNotFoundError:
+        fd = os.open(path, _OPEN_READ)
+    except OSError:
         return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: os.read(fd, 1 << 16), b""))
+    finally:
+        os.close(fd)

@@ -81,6 +81,8 @@ class SimWorld:
             "state": {"dir": str(self.state_dir)},
             "poll": {"interval": "1h", "jitter": "0s"},
             "health": {"deadline": "10s", "interval": "1s", "checks": [{"kind": "hub"}]},
+            "policy": {"inhibit_dir": str(self.root / "inhibit.d")},
+            "hooks": {"dir": str(self.root / "hooks.d")},
         }
         for section, values in overrides.items():
             if isinstance(values, dict) and isinstance(tables.get(section), dict):

@@ -59,6 +59,8 @@ class BackendCycle:
         tables["hub"] = {"kind": "static", "url": self.url, "path": "fleet/system/stable", "allow_insecure": True}
         tables["health"] = health
         tables.setdefault("state", {"dir": str(self.root / "state")})
+        tables.setdefault("policy", {})["inhibit_dir"] = str(self.root / "inhibit.d")
+        tables["hooks"] = {"dir": str(self.root / "hooks.d")}
         return build_config(tables, source="test", env={})
 
     async def run_pass(self, health: dict[str, Any] = PASSING_HEALTH) -> PassResult:
@@ -91,3 +93,11 @@ class BackendCycle:
             assert await running() == "2.0.0"
             blocked = await self.run_pass()
             assert blocked.result is Result.BLOCKED and "quarantined" in blocked.message
+
+            # an operator clears the quarantine: the version installs again, and now passes
+            async with open_engine(self.config(PASSING_HEALTH), clock=self.clock) as engine:
+                assert await engine.retry("3.0.0")
+            assert (await self.run_pass()).result is Result.REBOOTING
+            await self.reboot()
+            assert (await self.run_pass()).result is Result.COMPLETED
+            assert await running() == "3.0.0"

@@ -122,3 +122,20 @@ def test_overlay_nested_and_null() -> None:
     assert merged.poll.interval == 3600
     assert merged.hub.path == "r/p/stable"
     assert problems == []
+
+
+def test_legacy_script_config_is_read_under_the_file(tmp_path: Path) -> None:
+    """With hub.kind = nexigon, /etc/nexigon-rugix-ota.json supplies path and useBundleHash
+    unless the config file sets them."""
+    legacy = tmp_path / "nexigon-rugix-ota.json"
+    legacy.write_text('{"path": "repo/pkg/stable", "rugix": {"useBundleHash": true}}')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[hub]\nkind = "nexigon"\nlegacy_config = "{legacy}"\n[installer]\nkind = "rugix"\n')
+    config = load_config(cfg, env={})
+    assert config.hub.path == "repo/pkg/stable"
+    assert config.installer.rugix.use_bundle_hash is True
+    cfg.write_text(f'[hub]\nkind = "nexigon"\nlegacy_config = "{legacy}"\npath = "repo/pkg/beta"\n')
+    assert load_config(cfg, env={}).hub.path == "repo/pkg/beta"
+    legacy.write_text('{"path": 42}')
+    with pytest.raises(ConfigError, match="nexigon-rugix-ota.json: key 'path'"):
+        load_config(cfg, env={})

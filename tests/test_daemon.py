@@ -88,7 +88,7 @@ def test_backoff_delay_grows_and_caps() -> None:
 async def test_update_then_commit_in_daemon(world: SimWorld, clock: FakeClock) -> None:
     """The daemon installs, (simulated) reboots and commits across passes, reporting progress."""
     world.publish("1.1.0")
-    daemon, notifier = await run_daemon(world, clock, 3, poll={"interval": "1h"})
+    _, notifier = await run_daemon(world, clock, 3, poll={"interval": "1h"})
     info = world.device.info()
     assert info.committed and info.version_of(info.booted) == "1.1.0"
     statuses = [m for m in notifier.messages if m.startswith("STATUS=")]

@@ -9,8 +9,9 @@ from typing import Any
 
 from ota_daemon.clock import FakeClock
 from ota_daemon.errors import HubUnavailable
+from ota_daemon.ids import make_event_id
 from ota_daemon.model import Progress, VersionDocument
-from ota_daemon.telemetry import Event, Telemetry, make_event_id
+from ota_daemon.telemetry import Event, Telemetry
 
 
 class FlakyHub:
