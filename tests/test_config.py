@@ -137,5 +137,5 @@ def test_legacy_script_config_is_read_under_the_file(tmp_path: Path) -> None:
     cfg.write_text(f'[hub]\nkind = "nexigon"\nlegacy_config = "{legacy}"\npath = "repo/pkg/beta"\n')
     assert load_config(cfg, env={}).hub.path == "repo/pkg/beta"
     legacy.write_text('{"path": 42}')
-    with pytest.raises(ConfigError, match="nexigon-rugix-ota.json: key 'path'"):
+    with pytest.raises(ConfigError, match=r"nexigon-rugix-ota\.json: key 'path'"):
         load_config(cfg, env={})

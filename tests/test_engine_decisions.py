@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from ota_daemon.config import PolicyConfig, build_config
-from ota_daemon.engine import Action, Resume, choose_mode, decide, in_windows, resume_action, version_key
+from ota_daemon.engine import (
+    Action,
+    Resume,
+    choose_mode,
+    decide,
+    in_windows,
+    resume_action,
+    version_key,
+)
 from ota_daemon.errors import ConfigError
 from ota_daemon.model import Asset, PinnedVersion, SlotInfo, SlotState, SourceKind, VersionDocument
 from ota_daemon.state import AssetRef, Attempt, JournalData, Phase, QuarantineEntry
