@@ -312,7 +312,13 @@ class Engine:
 
     # ------------------------------------------------------------------ entry points
     async def reconcile(self, *, dry_run: bool = False) -> PassResult:
-        """One full pass."""
+        """One full pass; what it reported reaches the hub before it returns (or is spooled)."""
+        try:
+            return await self._reconcile(dry_run=dry_run)
+        finally:
+            await self.telemetry.flush()
+
+    async def _reconcile(self, *, dry_run: bool) -> PassResult:
         structlog.contextvars.clear_contextvars()
         info = await self.installer.slot_info()
         data = self.journal.load()
@@ -907,12 +913,14 @@ class Engine:
             return  # keep the failure visible until the tag moves
         status = self.telemetry.status
         fields: dict[str, Any] = {"currentVersion": current, "targetVersion": None, "phase": Phase.IDLE.value, "progress": None, "reason": None}
-        if status.get("state") not in (State.COMPLETED.value, State.IDLE.value) or status.get("lastError"):
+        announce = status.get("state") not in (State.COMPLETED.value, State.IDLE.value) or bool(status.get("lastError"))
+        if announce:
             fields.update(state=State.COMPLETED.value, failureCount=0, lastError=None)
-            await self.telemetry.emit(Event.UP_TO_DATE, currentVersion=current)
         elif "state" not in status:
             fields["state"] = State.IDLE.value
         await self.telemetry.update_status(**fields)
+        if announce:
+            await self.telemetry.emit(Event.UP_TO_DATE, currentVersion=current)
 
     async def _refused(self, target: PinnedVersion, reason: str, current: str) -> None:
         changed = self.telemetry.status.get("reason") != reason

@@ -221,7 +221,7 @@ class Telemetry:
         lines = _read_lines(self.spool_path, keepends=True)
         if lines:
             # lines that are not events (cut short by a power cut, garbage) are dropped here
-            spooled = [(line, event) for line in lines if (event := _parse_event(line)) is not None]
+            spooled = [(line, event) for line in lines if (event := _parse_spooled(line)) is not None]
             try:
                 if len(spooled) != len(lines):
                     atomic_write(self.spool_path, b"".join(line for line, _ in spooled))
@@ -263,7 +263,11 @@ class Telemetry:
 
     # ------------------------------------------------------------------ status
     async def update_status(self, **fields: Any) -> None:
-        """Merge fields into the status document; write (locally, then the hub) when it changed."""
+        """Merge fields into the status document; write it locally when it changed.
+
+        The hub gets it at the next :meth:`flush` (with the next event, before a reboot, at the
+        end of a pass): several changes within one step become one write.
+        """
         before = dict(self.status)
         for key, value in fields.items():
             self.status[key] = value
@@ -273,8 +277,6 @@ class Telemetry:
         self._write_local()
         for listener in self.status_listeners:
             listener(self.status)
-        if self.deliver and self._hub_view() != self._published:
-            await self._publish_status()
 
     def set_local(self, **fields: Any) -> None:
         """Fields for the local status only (last check, next check): no hub write."""
@@ -387,6 +389,21 @@ def _parse_event(line: bytes) -> dict[str, Any] | None:
         return None
     event = _loads(line)
     return event if isinstance(event, dict) else None
+
+
+def _parse_spooled(line: bytes) -> dict[str, Any] | None:
+    """One line of spool.jsonl: an event with the shape :meth:`Telemetry.emit` writes, or ``None``."""
+    event = _parse_event(line)
+    if event is None:
+        return None
+    shaped = (
+        isinstance(event.get("eventId"), str)
+        and isinstance(event.get("severity"), str)
+        and isinstance(event.get("body"), str)
+        and isinstance(event.get("attributes"), dict)
+        and isinstance(event.get("emittedAt"), str)
+    )
+    return event if shaped else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -66,15 +66,20 @@ async def test_status_written_only_on_change(tmp_path: Path) -> None:
     hub = FlakyHub()
     tel = Telemetry(tmp_path, clock=FakeClock(), hub=hub, deliver=True)  # type: ignore[arg-type]
     await tel.update_status(state="idle", currentVersion="1.0.0")
+    await tel.update_status(currentVersion="1.0.0", runningSlot="a")  # two changes, one write
+    await tel.flush()
     mtime = (tmp_path / "status.json").stat().st_mtime_ns
     await tel.update_status(state="idle", currentVersion="1.0.0")
+    await tel.flush()
     assert (tmp_path / "status.json").stat().st_mtime_ns == mtime
-    assert len(hub.statuses) == 1
+    assert len(hub.statuses) == 1 and hub.statuses[0]["runningSlot"] == "a"
     await tel.update_status(state="installing", targetVersion="1.1.0")
+    await tel.flush()
     assert len(hub.statuses) == 2 and hub.statuses[-1]["state"] == "installing"
     # a restarted daemon knows what it published last: no rewrite
     again = Telemetry(tmp_path, clock=FakeClock(), hub=hub, deliver=True)  # type: ignore[arg-type]
     await again.update_status(state="installing")
+    await again.flush()
     assert len(hub.statuses) == 2
 
 
