@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", help="clear a version's quarantine so it may be installed again")
     retry.add_argument("version")
     sub.add_parser("demo", help="a whole A/B update on a throw-away simulated device")
+    from ota_daemon.inhibit import add_inhibit_arguments
+
+    add_inhibit_arguments(sub.add_parser("inhibit", help="hold back updates (install, reboot) while COMMAND runs"))
 
     repo = sub.add_parser("repo", help="build a static repository").add_subparsers(dest="repo_command", required=True, parser_class=_Parser)
     pub = repo.add_parser("publish", help="publish files as a new version and move the tag to it")
@@ -280,6 +283,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             from ota_daemon.demo import run_demo
 
             return asyncio.run(run_demo(out))
+        if args.command == "inhibit":
+            from ota_daemon.inhibit import run_inhibit_parsed
+
+            return run_inhibit_parsed(args, config_path=args.config)
         if args.command == "repo":
             return _repo(args, out)
         if args.command == "sim":

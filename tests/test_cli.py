@@ -169,3 +169,14 @@ def test_demo() -> None:
     assert result.returncode == 0, result.stderr
     assert "1.1.0 committed" in result.stdout
     assert "state:            completed" in result.stdout
+
+
+def test_inhibit_holds_a_lease_while_the_command_runs(tmp_path: Path) -> None:
+    """ota-daemon inhibit writes a lease for the command's lifetime and removes it after."""
+    leases = tmp_path / "inhibit.d"
+    seen = tmp_path / "seen"
+    result = cli("inhibit", "--dir", str(leases), "--reason", "recording", "--what", "reboot", "--", "sh", "-c", f"cat {leases}/*.json > {seen}; exit 7")
+    assert result.returncode == 7
+    lease = json.loads(seen.read_text())
+    assert lease["reason"] == "recording" and lease["what"] == ["reboot"]
+    assert list(leases.glob("*.json")) == []
