@@ -775,14 +775,18 @@ class Engine:
             return PassResult(Result.ROLLED_BACK, current, attempt.target_version, f"{exc}; rolling back to slot {attempt.from_slot}")
         return await self._complete(attempt, current)
 
+    # The three endings below report first (status, then an event with a dedupe key) and write
+    # the journal last: a power cut in between repeats the report, which the key makes
+    # harmless, instead of losing it.
+
     async def _complete(self, attempt: Attempt, current: str) -> PassResult:
+        await self.telemetry.update_status(state=State.COMPLETED.value, currentVersion=current, targetVersion=None, failureCount=0, lastError=None, phase=Phase.IDLE.value, progress=None, attemptId=attempt.id, reason=None)
+        await self.telemetry.emit(Event.COMPLETED, key=f"{attempt.id}:completed", currentVersion=current, fromVersion=attempt.from_version)
         data = self.journal.data
         for key in [k for k in data.phase_entries if k.startswith(f"{attempt.target_version}:")]:
             del data.phase_entries[key]
         data.attempts_per_version.pop(attempt.target_version, None)
-        self.journal.transition(
-            Phase.IDLE,
-            attempt=None,
+        self._end_attempt(
             failure_count=0,
             last_error=None,
             last_outcome=Outcome(state="completed", attempt_id=attempt.id, version=attempt.target_version, at=self.clock.now()),
@@ -790,8 +794,6 @@ class Engine:
         self._clean_cache()
         if attempt.source != "adopted":
             await self._hooks(HookPoint.POST_COMMIT, attempt, current, attempt.from_slot, attempt.target_slot)
-        await self.telemetry.update_status(state=State.COMPLETED.value, currentVersion=current, targetVersion=None, failureCount=0, lastError=None, phase=Phase.IDLE.value, progress=None, attemptId=attempt.id, reason=None)
-        await self.telemetry.emit(Event.COMPLETED, key=f"{attempt.id}:completed", currentVersion=current, fromVersion=attempt.from_version)
         return PassResult(Result.COMPLETED, current, attempt.target_version, f"{attempt.target_version} committed in slot {attempt.target_slot}")
 
     async def _rolled_back(self, attempt: Attempt, info: SlotInfo, current: str) -> PassResult:
@@ -799,37 +801,34 @@ class Engine:
             f"slot {attempt.target_slot} did not stay booted; the bootloader returned to slot {info.booted}"
         )
         message = f"update rolled back (expected {attempt.target_version}, running {current}): {reason}"
-        self._quarantine(attempt, reason)
         data = self.journal.data
-        self.journal.transition(
-            Phase.IDLE,
-            attempt=None,
+        self._quarantine(attempt, reason)
+        await self.telemetry.update_status(
+            state=State.ROLLBACK.value, currentVersion=current, targetVersion=None, failureCount=data.failure_count + 1,
+            lastError=message, phase=Phase.IDLE.value, progress=None, quarantined=_quarantine_list(data), reason=reason,
+        )
+        await self.telemetry.emit(Event.ROLLBACK, message, key=f"{attempt.id}:rollback", targetVersion=attempt.target_version, currentVersion=current, error=reason)
+        self._end_attempt(
             failure_count=data.failure_count + 1,
             last_error=message,
             last_outcome=Outcome(state="rollback", attempt_id=attempt.id, version=attempt.target_version, error=reason, at=self.clock.now()),
         )
-        await self.telemetry.update_status(
-            state=State.ROLLBACK.value, currentVersion=current, targetVersion=None, failureCount=self.journal.data.failure_count,
-            lastError=message, phase=Phase.IDLE.value, progress=None, quarantined=_quarantine_list(self.journal.data), reason=reason,
-        )
-        await self.telemetry.emit(Event.ROLLBACK, message, key=f"{attempt.id}:rollback", targetVersion=attempt.target_version, currentVersion=current, error=reason)
         await self._hooks(HookPoint.ON_ROLLBACK, attempt, current, attempt.from_slot, attempt.target_slot)
         return PassResult(Result.ROLLED_BACK, current, attempt.target_version, message)
 
     async def _failed(self, attempt: Attempt, error: str, current: str, *, detail: str | None = None) -> PassResult:
-        self._quarantine(attempt, error)
         data = self.journal.data
-        if data.phase is not Phase.IDLE:
-            self.journal.transition(Phase.IDLE, attempt=None)
-        data.failure_count += 1
-        data.last_error = error
-        data.last_outcome = Outcome(state="failed", attempt_id=attempt.id, version=attempt.target_version, error=error, at=self.clock.now())
-        self.journal.save()
+        self._quarantine(attempt, error)
         await self.telemetry.update_status(
-            state=State.FAILED.value, failureCount=data.failure_count, lastError=error, targetVersion=attempt.target_version,
+            state=State.FAILED.value, failureCount=data.failure_count + 1, lastError=error, targetVersion=attempt.target_version,
             phase=Phase.IDLE.value, progress=None, quarantined=_quarantine_list(data), reason=error,
         )
         await self.telemetry.emit(Event.FAILED, key=f"{attempt.id}:failed", error=error, output=detail, targetVersion=attempt.target_version)
+        self._end_attempt(
+            failure_count=data.failure_count + 1,
+            last_error=error,
+            last_outcome=Outcome(state="failed", attempt_id=attempt.id, version=attempt.target_version, error=error, at=self.clock.now()),
+        )
         await self._hooks(HookPoint.ON_FAILURE, attempt, current, attempt.from_slot, attempt.target_slot)
         return PassResult(Result.FAILED, current, attempt.target_version, error)
 
@@ -896,9 +895,14 @@ class Engine:
             return None
         return f"rebooted by ota-daemon-guard: {str(record.get('reason') or 'still uncommitted')[:300]}"
 
-    def _end_attempt(self) -> None:
+    def _end_attempt(self, **changes: Any) -> None:
+        """Back to idle (one journal write), recording ``changes`` with it."""
         if self.journal.data.phase is not Phase.IDLE:
-            self.journal.transition(Phase.IDLE, attempt=None)
+            self.journal.transition(Phase.IDLE, attempt=None, **changes)
+        elif changes:
+            for key, value in changes.items():
+                setattr(self.journal.data, key, value)
+            self.journal.save()
 
     def _clean_cache(self) -> None:
         cache = self.config.cache_dir

@@ -44,9 +44,7 @@ TRANSITIONS: frozenset[tuple[Phase, Phase]] = frozenset(
     {
         (Phase.IDLE, Phase.DOWNLOADING),
         (Phase.IDLE, Phase.INSTALLING),
-        (Phase.DOWNLOADING, Phase.DOWNLOADING),
         (Phase.DOWNLOADING, Phase.INSTALLING),
-        (Phase.INSTALLING, Phase.INSTALLING),
         (Phase.INSTALLING, Phase.REBOOTING),
         (Phase.REBOOTING, Phase.REBOOTING),
         (Phase.REBOOTING, Phase.COMMITTING),
@@ -298,6 +296,7 @@ class Journal:
         from ota_daemon.faults import fault_point
 
         fault_point(f"journal:{phase.value}")
+        fault_point(f"journal:{current.value}->{phase.value}")
         return count
 
 
