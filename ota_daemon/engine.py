@@ -58,6 +58,7 @@ from ota_daemon.model import (
     UrlSource,
     VersionDocument,
 )
+from ota_daemon.redact import redact_url
 from ota_daemon.state import (
     AssetRef,
     Attempt,
@@ -509,10 +510,7 @@ class Engine:
         if isinstance(hit, dict):
             return hit
 
-        async def url() -> str:
-            return await self.hub.issue_url(document, asset)
-
-        raw = await self.downloader.fetch_bytes(url=url, asset=asset, limit=64 * 1024)
+        raw = await self.downloader.fetch_bytes(url=self._url_provider(document, asset), asset=asset, limit=64 * 1024)
         try:
             build = json.loads(raw)
         except ValueError:
@@ -542,8 +540,16 @@ class Engine:
         return config
 
     def _url_provider(self, document: VersionDocument, asset: Asset) -> Callable[[], Awaitable[str]]:
+        """Issues (and re-issues) the asset's URL; plain http only with hub.allow_insecure."""
+
         async def provide() -> str:
-            return await self.hub.issue_url(document, asset)
+            url = await self.hub.issue_url(document, asset)
+            if url.lower().startswith("http://") and not self.config.hub.allow_insecure:
+                raise HubError(
+                    f"asset {asset.filename!r}: the hub gave a plain http:// URL ({redact_url(url)}); "
+                    "refused without hub.allow_insecure = true in the local config"
+                )
+            return url
 
         return provide
 
@@ -612,7 +618,7 @@ class Engine:
                     size=target.image.size,
                 )
             else:
-                source = UrlSource(await self.hub.issue_url(document, target.image), size=target.image.size, sha256=target.image.sha256)
+                source = UrlSource(await self._url_provider(document, target.image)(), size=target.image.size, sha256=target.image.sha256)
             count = self.journal.transition(Phase.INSTALLING, attempt=attempt)
             self._loop_guard(Phase.INSTALLING, count)
             await self.telemetry.update_status(phase=Phase.INSTALLING.value, progress=0)

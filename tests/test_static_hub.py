@@ -108,3 +108,17 @@ async def test_update_over_http(world: SimWorld, server: Any, clock: FakeClock) 
     assert not list((world.state_dir / "cache").glob("*.partial"))
     status = json.loads((world.state_dir / "status.json").read_text())
     assert status["state"] == "failed"
+
+
+async def test_issued_plain_http_url_refused(world: SimWorld, clock: FakeClock) -> None:
+    """A hub that hands out plain http:// download URLs is refused unless allowed locally."""
+    world.publish("1.1.0")
+    config = build_config(world.tables(hub={"allow_insecure": False}), source="t", env={})
+    async with open_engine(config, clock=clock) as engine:
+        async def plain(document: Any, asset: Any) -> str:
+            return "http://cdn.example/asset?sig=SECRET"
+
+        engine.hub.issue_url = plain  # type: ignore[method-assign]
+        result = await engine.reconcile()
+    assert result.result is Result.FAILED
+    assert "hub.allow_insecure" in result.message and "SECRET" not in result.message

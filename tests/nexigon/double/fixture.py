@@ -129,6 +129,7 @@ class NexigonDouble:
             "agent_socket": str(self.socket_path if transport == "socket" else self.missing_socket_path),
             "agent_bin": str(self.agent_bin),
             "timeout": timeout,
+            "allow_insecure": True,  # issued URLs point at a plain-http loopback server
         }
 
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
