@@ -144,6 +144,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests.append(self.path)
+        if self.server.fail_next > 0:
+            self.server.fail_next -= 1
+            self.send_error(503)
+            return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
@@ -174,6 +178,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
+        if self.server.cut_next > 0 and len(body) > 1024:
+            # the connection drops mid-body: half the promised bytes, then close
+            self.server.cut_next -= 1
+            body = body[: len(body) // 2]
+            self.close_connection = True
         self.wfile.write(body)
         self.server.bytes_sent += len(body)
 
@@ -182,11 +191,18 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     requests: list[str]
     bytes_sent: int
+    #: answer the next N requests with 503
+    fail_next: int = 0
+    #: cut the next N bodies (over 1 KiB) in half
+    cut_next: int = 0
 
 
 @contextlib.contextmanager
 def serve_directory(directory: Path) -> Iterator[_Server]:
-    """Serve ``directory`` on 127.0.0.1 (a free port) in a thread; ``server.url`` is its base."""
+    """Serve ``directory`` on 127.0.0.1 (a free port) in a thread; ``server.url`` is its base.
+
+    Faults on demand: ``server.fail_next = N`` (503s), ``server.cut_next = N`` (bodies cut short).
+    """
 
     def handler(*args: Any, **kwargs: Any) -> _Handler:
         return _Handler(*args, directory=os.fspath(directory), **kwargs)
