@@ -51,7 +51,8 @@ class SdNotifier:
 def backoff_delay(failures: int, *, interval: float, base: float = 10.0, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter, capped at the poll interval."""
     rng = rng or random.Random()
-    cap = max(base, min(interval, base * 2 ** max(0, failures - 1)))
+    base = min(base, interval)
+    cap = min(interval, base * 2 ** max(0, failures - 1))
     return rng.uniform(cap / 2, cap)
 
 

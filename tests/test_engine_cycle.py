@@ -304,3 +304,13 @@ def test_world_files_exist(world: SimWorld) -> None:
     """The fixture world has a device and a repository (sanity for the tests above)."""
     assert (world.device_dir / "boot.json").exists()
     assert Path(world.repo_dir, "fleet/system/tags/stable.json").exists()
+
+
+async def test_foreign_image_without_build_info_refused_by_installer(world: SimWorld, clock: FakeClock) -> None:
+    """No build info to compare: the simulated installer's own system check (as RAUC's
+    'compatible') refuses an image for another board before touching the slot."""
+    world.publish("1.1.0", system="other-board", build_info=False)
+    result = await run_pass(world, clock)
+    assert result.result is Result.FAILED and "built for system 'other-board'" in result.message
+    assert world.device.slot_path("b").read_bytes() == b""
+    assert world.device.info().pending is None

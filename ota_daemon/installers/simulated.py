@@ -58,9 +58,37 @@ def parse_header(first: bytes) -> dict[str, Any] | None:
     line = first.split(b"\n", 1)[0]
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _check_boot_state(data: Any) -> str | None:
+    """What is wrong with a boot.json document, or ``None`` (the shape :meth:`SimulatedDevice.create` writes)."""
+    if not isinstance(data, dict):
+        return "expected a JSON object"
+    slots = data.get("slots")
+    if not isinstance(slots, dict) or set(slots) != set(SLOTS):
+        return f"'slots' must be an object with the slots {' and '.join(SLOTS)}"
+    for name, slot in slots.items():
+        if not isinstance(slot, dict):
+            return f"slot {name!r} must be an object"
+        for key in ("version", "name"):
+            if slot.get(key) is not None and not isinstance(slot[key], str):
+                return f"slot {name!r}: '{key}' must be a string or null"
+        if not isinstance(slot.get("bad", False), bool):
+            return f"slot {name!r}: 'bad' must be true or false"
+    for key in ("default", "booted"):
+        if data.get(key) not in SLOTS:
+            return f"'{key}' must name a slot ({' or '.join(SLOTS)}), got {str(data.get(key))[:40]!r}"
+    if data.get("try_next") is not None and data["try_next"] not in SLOTS:
+        return f"'try_next' must name a slot or be null, got {str(data['try_next'])[:40]!r}"
+    count = data.get("boot_count", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**53:
+        return "'boot_count' must be a whole number"
+    if not isinstance(data.get("history", []), list):
+        return "'history' must be a list"
+    return None
 
 
 class RebootRequested(Exception):
@@ -108,10 +136,14 @@ class SimulatedDevice:
                 f"simulated device {self.dir}: no boot.json (run 'ota-daemon demo' or create the device first)",
                 backend="simulated",
             ) from None
-        except ValueError as exc:
-            raise InstallerError(f"simulated device {self.boot_file}: not valid JSON: {exc}", backend="simulated") from None
-        if not isinstance(data, dict):
-            raise InstallerError(f"simulated device {self.boot_file}: expected a JSON object", backend="simulated")
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise InstallerError(f"simulated device {self.boot_file}: not valid JSON: {reason}", backend="simulated") from None
+        except OSError as exc:
+            raise InstallerError(f"simulated device {self.boot_file}: cannot be read: {exc.strerror or exc}", backend="simulated") from None
+        problem = _check_boot_state(data)
+        if problem or not isinstance(data, dict):
+            raise InstallerError(f"simulated device {self.boot_file}: {problem}", backend="simulated")
         return data
 
     def write(self, state: dict[str, Any]) -> None:
@@ -197,10 +229,7 @@ class SimulatedInstaller:
                 phase="installing",
             )
         target = next(s for s in SLOTS if s != state["booted"])
-        # the slot is being overwritten: it must not boot until it is whole again
-        state["slots"][target] = {"version": None, "name": None, "bad": False}
-        state["try_next"] = None
-        self.device.write(state)
+        system = state["slots"].get(state["booted"], {}).get("name")
         path = self.device.slot_path(target)
         if isinstance(source, UrlSource):
             raise InstallerError("simulated: cannot fetch URLs itself", backend="simulated", phase="installing")
@@ -215,13 +244,24 @@ class SimulatedInstaller:
             chunks = source.chunks
         header: dict[str, Any] | None = None
         written = 0
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = -1
         try:
-            first = True
             async for chunk in chunks:
-                if first:
+                if fd < 0:
+                    # the image's own system name, like RAUC's 'compatible', before a byte is written
                     header = parse_header(chunk[:4096])
-                    first = False
+                    built_for = (header or {}).get("name")
+                    if built_for and system and built_for != system:
+                        raise InstallerError(
+                            f"simulated: image is built for system {built_for!r}, this device is {system!r}",
+                            backend="simulated",
+                            phase="installing",
+                        )
+                    # the slot is being overwritten: it must not boot until it is whole again
+                    state["slots"][target] = {"version": None, "name": None, "bad": False}
+                    state["try_next"] = None
+                    self.device.write(state)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 await asyncio.to_thread(os.write, fd, chunk) if len(chunk) > 65536 else os.write(fd, chunk)
                 written += len(chunk)
                 if total:
@@ -231,9 +271,12 @@ class SimulatedInstaller:
                         result = progress(Progress("installing", percent, f"writing slot {target}", written, total))
                         if asyncio.iscoroutine(result):
                             await result
+            if fd < 0:
+                raise InstallerError("simulated: the image is empty", backend="simulated", phase="installing")
             os.fsync(fd)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         state = self.device.read()
         state["slots"][target] = {
             "version": (header or {}).get("version") or version,

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop rig for ota-daemon: one scenario suite, several targets (see README.md)."""

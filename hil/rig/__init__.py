@@ -1,0 +1,2 @@
+"""Rig services: the Device interface and its targets, the hub double, the fault proxy,
+the timeline recorder, images and the report."""

@@ -1,0 +1,1 @@
+"""Device targets: ``sim`` (daemon processes and a simulated bootloader) and ``rpi``."""
