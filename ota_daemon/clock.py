@@ -55,5 +55,8 @@ class FakeClock:
 
 
 def iso(ts: float) -> str:
-    """RFC 3339 in UTC with ``Z``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """RFC 3339 in UTC with ``Z`` (a time no calendar can show is written in seconds)."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts:.0f}s after the epoch"

@@ -401,9 +401,8 @@ class DownloadConfig(_Section):
     retry_initial_wait: Duration = Field(default=1.0, description="first backoff; doubles per failure, with jitter")
     retry_max_wait: Duration = 300.0
     max_url_reissues: int = Field(default=5, ge=0, description="401/403/410 in a row without progress: ask the hub for a new URL this often")
-    sync_interval: Size = Field(default=64 * 1024 * 1024, ge=1, description="fsync the partial file and checkpoint the hash every this many bytes (what a power cut loses) …")
-    sync_min_period: Duration = Field(default=2.0, description="… but not more often than this: at line speed a power cut loses at most this many seconds of download")
-    chunk_size: Size = Field(default=1024 * 1024, ge=4096)
+    sync_interval: Size = Field(default=64 * 1024 * 1024, ge=4096, description="checkpoint the partial file (running SHA-256, fsynced metadata) every this many bytes; after a reboot the partial file is verified against the checkpoints and cut at the first bad one")
+    chunk_size: Size = Field(default=512 * 1024, ge=4096, description="bytes per read and write; a few are in flight")
     fast_path: bool = Field(default=True, description="read bodies straight from the socket when no proxy applies; false: always through httpx")
 
     @model_validator(mode="after")
@@ -661,6 +660,8 @@ def read_legacy_config(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON: not UTF-8 text") from None
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON: nested too deeply") from None
     except ValueError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -761,6 +762,8 @@ OVERLAY_KEYS: dict[str, tuple[str, str]] = {
 }
 #: keys understood elsewhere (not config values)
 OVERLAY_FLAGS = frozenset({"retryFailed"})
+#: problems reported per overlay; the rest are counted in the last one
+_MAX_PROBLEMS = 10
 
 
 def apply_overlay(config: Config, overlay: Any) -> tuple[Config, list[str]]:
@@ -786,11 +789,11 @@ def apply_overlay(config: Config, overlay: Any) -> tuple[Config, list[str]]:
                 if name:
                     flat[name] = subvalue
                 else:
-                    problems.append(f"config property key '{key}.{sub}' is not one the hub may set; ignored")
+                    problems.append(f"config property key {_shown(f'{key}.{sub}')} is not one the hub may set; ignored")
         elif key == "rugix":
             continue  # the script's local-only setting; silently local-only here too
         else:
-            problems.append(f"config property key '{key}' is not one the hub may set; ignored")
+            problems.append(f"config property key {_shown(key)} is not one the hub may set; ignored")
     data = config.model_dump()
     for name, value in flat.items():
         if name in OVERLAY_FLAGS:
@@ -808,6 +811,8 @@ def apply_overlay(config: Config, overlay: Any) -> tuple[Config, list[str]]:
             )
             continue
         data = candidate.model_dump()
+    if len(problems) > _MAX_PROBLEMS:  # each becomes a warning event: a hostile property must not flood them
+        problems[_MAX_PROBLEMS - 1 :] = [f"config property: {len(problems) - _MAX_PROBLEMS + 1} more keys ignored"]
     return _validate_plain(data), problems
 
 

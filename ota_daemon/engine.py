@@ -260,8 +260,8 @@ def choose_mode(configured: str, kinds: frozenset[SourceKind], *, local: bool) -
 
 def read_build_info(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -269,7 +269,7 @@ def read_build_info(path: Path) -> dict[str, Any] | None:
 def read_os_release(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8", "replace")
     except OSError:
         return out
     for line in text.splitlines():
@@ -496,14 +496,14 @@ class Engine:
                 f"version {document.version_id} at {path!r} names no version: no {info_name!r} asset with release.version "
                 "and no metadata.imageVersion"
             )
-        if len(version) > 128 or any(c in version for c in "\n\r\x00/"):
+        if len(version) > 128 or not version.strip() or any(c == "/" or (c.isspace() and c != " ") or not c.isprintable() for c in version):
             raise HubError(f"version {document.version_id} at {path!r}: version string {version[:40]!r}… is not usable")
         return PinnedVersion(path=path, document=document, version=version, image=image, version_source=source, system_name=built_for)
 
     async def _build_info(self, document: VersionDocument, asset: Asset) -> dict[str, Any]:
         cache = self.journal.dir / "build-info-cache.json"
         cached: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, RecursionError):
             loaded = json.loads(cache.read_text())
             cached = loaded if isinstance(loaded, dict) else {}
         hit = cached.get(asset.digest)
@@ -513,8 +513,8 @@ class Engine:
         raw = await self.downloader.fetch_bytes(url=self._url_provider(document, asset), asset=asset, limit=64 * 1024)
         try:
             build = json.loads(raw)
-        except ValueError:
-            raise HubError(f"{asset.filename}: not valid JSON") from None
+        except (ValueError, RecursionError):
+            raise HubError(f"{asset.filename}: not valid JSON (or nested too deeply)") from None
         if not isinstance(build, dict):
             raise HubError(f"{asset.filename}: expected a JSON object")
         cached = {asset.digest: build, **dict(list(cached.items())[:15])}

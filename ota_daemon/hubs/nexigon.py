@@ -201,9 +201,9 @@ class _AgentSocket:
             if length > MAX_HANDSHAKE_LEN:
                 raise _SocketUnavailable(f"handshake reply of {length} bytes exceeds 64 KiB")
             reply = json.loads(await reader.readexactly(length))
-        except (asyncio.IncompleteReadError, OSError, ValueError) as exc:
+        except (asyncio.IncompleteReadError, OSError, ValueError, RecursionError) as exc:
             writer.close()
-            reason = "connection closed before the handshake reply" if isinstance(exc, asyncio.IncompleteReadError) else str(exc)
+            reason = "connection closed before the handshake reply" if isinstance(exc, asyncio.IncompleteReadError) else str(exc)[:200]
             raise _SocketUnavailable(f"handshake with {self.path} failed: {reason}") from None
         except _SocketUnavailable:
             writer.close()
@@ -232,8 +232,8 @@ class _AgentSocket:
             raise _Broken(exc.strerror or str(exc)) from None
         try:
             result = json.loads(raw)
-        except ValueError:
-            raise _Broken("response is not JSON") from None
+        except (ValueError, RecursionError):
+            raise _Broken("response is not JSON (or nested too deeply)") from None
         if isinstance(result, dict) and result.get("result") == "Ok":
             return result.get("value")
         if isinstance(result, dict) and result.get("result") == "Error" and isinstance(result.get("error"), dict):
@@ -331,7 +331,7 @@ class _AgentCli:
         out = await self.run(*args, what=what)
         try:
             return json.loads(out)
-        except ValueError:
+        except (ValueError, RecursionError):
             shown = "" if secret else f": {redact_text(out.strip())[:120]!r}"
             raise HubError(f"`nexigon-agent {' '.join(args[:3])}` ({what}) printed something that is not JSON{shown}") from None
 
@@ -454,7 +454,7 @@ class NexigonHub:
         if self._device_id is None:
             path = self._cache_path("device.json")
             if path is not None:
-                with contextlib.suppress(OSError, ValueError, TypeError):
+                with contextlib.suppress(OSError, ValueError, TypeError, KeyError, RecursionError):
                     cached = json.loads(path.read_text())["deviceId"]
                     if isinstance(cached, str) and cached.startswith("d_"):
                         self._device_id = cached
@@ -590,7 +590,7 @@ class NexigonHub:
             raw = entry["details"]
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, OverflowError, RecursionError):
             file.unlink(missing_ok=True)
             return None
         age = self.clock.now() - fetched

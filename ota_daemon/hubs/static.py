@@ -16,6 +16,7 @@ ETag are kept in the state directory, so a 304 costs no parsing and no download.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urljoin, urlsplit
@@ -38,7 +39,9 @@ def _parse_document(raw: bytes, where: str) -> VersionDocument:
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise HubError(f"{where}: version document is not valid JSON ({exc})") from None
+        raise HubError(f"{where}: version document is not valid JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise HubError(f"{where}: version document is nested too deeply") from None
     if not isinstance(data, dict):
         raise HubError(f"{where}: version document must be a JSON object")
     try:
@@ -46,7 +49,41 @@ def _parse_document(raw: bytes, where: str) -> VersionDocument:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise HubError(f"{where}: version document field '{loc}': {err['msg']}") from None
+        raise HubError(f"{where}: version document field '{loc[:100]}': {err['msg']}") from None
+
+
+#: an ETag we send back: visible ASCII only (RFC 9110 entity-tag), bounded
+_ETAG_RE = re.compile(r'^(W/)?"[\x21\x23-\x7e]{0,200}"$|^[\x21-\x7e]{1,200}$')
+
+
+def _usable_etag(value: Any) -> str | None:
+    """``value`` if it can go into an If-None-Match header as it is, else ``None``."""
+    return value if isinstance(value, str) and _ETAG_RE.match(value) else None
+
+
+def _read_cache(cache: Path) -> tuple[str, VersionDocument] | None:
+    """The cached (ETag, document) of a tag, or ``None`` when there is none we can trust.
+
+    A cache entry that does not parse is ignored (and the next 200 replaces it): sending its
+    ETag would make the server answer 304 for a document we cannot use, forever.
+    """
+    try:
+        raw = cache.read_bytes()
+        if len(raw) > MAX_DOCUMENT * 2:
+            return None
+        cached = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(cached, dict):
+        return None
+    etag = _usable_etag(cached.get("etag"))
+    document = cached.get("document")
+    if etag is None or not isinstance(document, dict):
+        return None
+    try:
+        return etag, VersionDocument.model_validate(document)
+    except (ValidationError, RecursionError):
+        return None
 
 
 class StaticHub:
@@ -110,16 +147,10 @@ class StaticHub:
                 raise HubUnavailable(f"{local}: {exc.strerror}") from None
             return self._with_base(_parse_document(raw, where), repository)
         cache = self._cache_path(path)
-        cached: dict[str, Any] | None = None
-        if cache is not None:
-            try:
-                cached = json.loads(cache.read_text())
-            except (OSError, ValueError):
-                cached = None
-        etag = cached.get("etag") if cached else None
-        resp = await self._get(url, etag=etag)
+        cached = _read_cache(cache) if cache is not None else None
+        resp = await self._get(url, etag=cached[0] if cached else None)
         if resp.status_code == 304 and cached is not None:
-            return self._with_base(_parse_document(json.dumps(cached["document"]).encode(), where), repository)
+            return self._with_base(cached[1], repository)
         if resp.status_code == 404:
             raise HubError(f"{where}: not found (HTTP 404)")
         if resp.status_code in (408, 429) or resp.status_code >= 500:
@@ -128,9 +159,10 @@ class StaticHub:
         if resp.status_code != 200:
             raise HubError(f"{where}: HTTP {resp.status_code}")
         document = _parse_document(resp.content, where)
-        if cache is not None and resp.headers.get("etag"):
+        etag = _usable_etag(resp.headers.get("etag"))
+        if cache is not None and etag is not None:
             cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(cache, json.dumps({"etag": resp.headers["etag"], "document": document.model_dump(mode="json", by_alias=True, exclude_none=True)}).encode())
+            atomic_write(cache, json.dumps({"etag": etag, "document": document.model_dump(mode="json", by_alias=True, exclude_none=True)}).encode())
         return self._with_base(document, repository)
 
     def _with_base(self, document: VersionDocument, repository: str) -> VersionDocument:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,76 @@ class RaucStatus:
 
     def _names(self) -> list[str]:
         return [f"{s.name} ({s.bootname})" if s.bootname else s.name for s in sorted(self.slots.values(), key=lambda s: s.name)]
+
+
+def _plain(value: Any) -> Any:
+    """A D-Bus value without its ``Variant`` wrappers (dbus-fast's, or anything with ``.signature``)."""
+    for _ in range(8):  # a Variant may hold a Variant; no real answer nests deeper
+        if not (hasattr(value, "signature") and hasattr(value, "value")):
+            break
+        value = value.value
+    return value
+
+
+def parse_slot_status(entries: Any, primary: Any, props: Any) -> RaucStatus:
+    """The answers of ``GetSlotStatus`` (``a(sa{sv})``), ``GetPrimary`` (``s``) and
+    ``GetAll`` of the Installer interface (``a{sv}``) as :class:`RaucStatus` (a pure function).
+
+    Raises :class:`InstallerError` naming the answer that does not have the expected shape.
+    """
+
+    def bad(what: str, expected: str) -> InstallerError:
+        return InstallerError(
+            f"rauc: status: unexpected answer from RAUC: {what} is not {expected}", backend=BACKEND, phase="status"
+        )
+
+    if not isinstance(entries, list | tuple):
+        raise bad("GetSlotStatus", "a list of (slot name, properties)")
+    slots: dict[str, RaucSlot] = {}
+    for entry in entries:
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise bad("a GetSlotStatus entry", "a (slot name, properties) pair")
+        name, values = entry
+        if not isinstance(name, str) or not name:
+            raise bad("a GetSlotStatus slot name", "a non-empty string")
+        if not isinstance(values, dict):
+            raise bad(f"the properties of slot {name[:64]!r}", "a dictionary")
+        slots[name] = RaucSlot.parse(name, {str(k): _plain(v) for k, v in values.items()})
+    primary = _plain(primary)
+    if not isinstance(primary, str):
+        raise bad("GetPrimary", "a slot name")
+    if not isinstance(props, dict):
+        raise bad("the Installer properties", "a dictionary")
+    values = {str(k): _plain(v) for k, v in props.items()}
+
+    def text(key: str) -> str:
+        value = values.get(key, "")
+        return value if isinstance(value, str) else str(value)
+
+    return RaucStatus(slots=slots, primary=primary, boot_slot=text("BootSlot"), compatible=text("Compatible"), variant=text("Variant"))
+
+
+def parse_progress(value: Any) -> tuple[float, str, int] | None:
+    """The ``Progress`` property (``(isi)``: percent, message, nesting depth), or ``None``
+    when it does not have that shape (a pure function; never raises)."""
+    value = _plain(value)
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        return None
+    percent, message, depth = (_plain(v) for v in value)
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or isinstance(depth, bool) or not isinstance(depth, int):
+        return None
+    if isinstance(percent, float) and math.isnan(percent):
+        return None
+    return float(max(0, min(100, percent))), str(message), depth
+
+
+def parse_completed(body: Any) -> int:
+    """The result of the ``Completed`` signal (``i``); ``-1`` (a failure) when it has none."""
+    if isinstance(body, list | tuple) and body:
+        result = _plain(body[0])
+        if isinstance(result, int) and not isinstance(result, bool):
+            return result
+    return -1
 
 
 class RaucInstaller:
@@ -348,28 +419,11 @@ class RaucInstaller:
     async def _status_once(self, phase: str) -> RaucStatus:
         with map_installer_errors(BACKEND, phase):
             (entries,) = await self._call("GetSlotStatus", phase=phase)
-            from dbus_fast import Variant
-
             (primary,) = await self._call("GetPrimary", phase=phase)
             (props,) = await self._call(
                 "GetAll", "s", [INTERFACE], phase=phase, interface=_PROPERTIES
             )
-
-            def plain(value: Any) -> Any:
-                return value.value if isinstance(value, Variant) else value
-
-            slots = {
-                str(name): RaucSlot.parse(str(name), {str(k): plain(v) for k, v in values.items()})
-                for name, values in entries
-            }
-            values = {str(k): plain(v) for k, v in props.items()}
-            return RaucStatus(
-                slots=slots,
-                primary=str(primary),
-                boot_slot=str(values.get("BootSlot", "")),
-                compatible=str(values.get("Compatible", "")),
-                variant=str(values.get("Variant", "")),
-            )
+            return parse_slot_status(entries, primary, props)
 
     # ------------------------------------------------------------------ protocol
     async def slot_info(self) -> SlotInfo:
@@ -541,21 +595,23 @@ class RaucInstaller:
             if message.message_type != MessageType.SIGNAL:
                 return
             if message.member == "NameOwnerChanged" and message.interface == _DBUS:
-                if message.body and message.body[0] == SERVICE and message.body[2] != owner:
+                if len(message.body) >= 3 and message.body[0] == SERVICE and message.body[2] != owner:
                     queue.put_nowait(("vanished", None))
                 return
             if message.sender != owner or message.path != OBJECT_PATH:
                 return
             if message.member == "Completed" and message.interface == INTERFACE:
-                queue.put_nowait(("completed", int(message.body[0])))
-            elif message.member == "PropertiesChanged" and message.body and message.body[0] == INTERFACE:
+                queue.put_nowait(("completed", parse_completed(message.body)))
+            elif message.member == "PropertiesChanged" and len(message.body) >= 2 and message.body[0] == INTERFACE:
                 changed = message.body[1]
-                if "Progress" in changed:
-                    queue.put_nowait(("progress", tuple(changed["Progress"].value)))
+                if not isinstance(changed, dict):
+                    return
+                if "Progress" in changed and (item := parse_progress(changed["Progress"])) is not None:
+                    queue.put_nowait(("progress", item))
                 if "LastError" in changed:
-                    queue.put_nowait(("last-error", str(changed["LastError"].value)))
+                    queue.put_nowait(("last-error", str(_plain(changed["LastError"]))))
                 if "Operation" in changed:
-                    queue.put_nowait(("operation", str(changed["Operation"].value)))
+                    queue.put_nowait(("operation", str(_plain(changed["Operation"]))))
 
         bus.add_message_handler(handler)
         added: list[str] = []
@@ -615,9 +671,9 @@ class RaucInstaller:
             if kind != "progress":
                 continue
             percent, message, depth = value
-            if int(depth) <= 1 and int(percent) >= 100:
+            if depth <= 1 and percent >= 100:
                 continue  # "Installing done." / "Installing failed.": wait for Completed
-            best = max(best, min(99.0, float(percent)))
+            best = max(best, min(99.0, percent))
             fault_threshold("install", best)
             if progress is not None:
                 await _emit(progress, Progress("installing", best, str(message)))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -85,9 +86,10 @@ def parse_system_info(text: str, *, boot_id: str = "") -> SlotInfo:
     """
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
         raise InstallerError(
-            f"rugix: status: 'rugix-ctrl system info --json' printed no JSON ({exc}): {text[:120]!r}",
+            f"rugix: status: 'rugix-ctrl system info --json' printed no usable JSON ({reason}): {text[:120]!r}",
             backend=BACKEND,
             phase="status",
         ) from None
@@ -131,6 +133,33 @@ def parse_system_info(text: str, *, boot_id: str = "") -> SlotInfo:
     slots = {g: SlotState(name=g, version=None, bootable=True, good=(g == default)) for g in groups}
     extra: dict[str, Any] = {"bootFlow": boot.get("bootFlow"), "slots": data.get("slots"), "state": data.get("state")}
     return SlotInfo(booted=active, primary=default, slots=slots, boot_id=boot_id, pending=None, extra=extra)
+
+
+def parse_progress_line(line: str) -> tuple[float | None, dict[str, Any] | None]:
+    """One line of ``rugix-ctrl update install`` stdout (a pure function; never raises).
+
+    Returns ``(percent, event)``: ``percent`` in 0..100 for an ``UpdateProgress`` event with a
+    finite number, else ``None``; ``event`` is the line's JSON object, or ``None`` when the
+    line is not one (log text, garbage, JSON nested too deeply).
+    """
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(event, dict):
+        return None, None
+    if event.get("event") != "UpdateProgress":
+        return None, event
+    value = event.get("progress")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, event
+    try:
+        percent = float(value)
+    except OverflowError:  # an integer beyond any float
+        percent = math.inf if value > 0 else -math.inf
+    if math.isnan(percent):
+        return None, event
+    return max(0.0, min(100.0, percent)), event
 
 
 def error_summary(stderr: str, lines: int = 3, limit: int = 400) -> str:
@@ -289,15 +318,11 @@ class RugixInstaller:
                 if not raw:
                     return
                 line = raw.decode("utf-8", "replace").strip()
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    event = None
-                if isinstance(event, dict) and event.get("event") == "UpdateProgress":
-                    value = event.get("progress")
-                    if isinstance(value, int | float):
+                percent, event = parse_progress_line(line)
+                if event is not None and event.get("event") == "UpdateProgress":
+                    if percent is not None:
                         reporter.from_tool = True
-                        await reporter.report(float(value))
+                        await reporter.report(percent)
                     continue
                 if line:
                     other_stdout.append(line)

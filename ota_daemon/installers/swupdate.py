@@ -244,7 +244,7 @@ class ProgressTracker:
 
     def _note_version(self, info: str) -> None:
         # 2022.12 sends {"0": {"VERSION" : "1.2.3"}} once the sw-description is parsed
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             data = json.loads(info)
             stack: list[Any] = [data]
             while stack:
@@ -319,6 +319,8 @@ def read_swu_version(path: Path) -> str | None:
             if len(header) < 110 or header[:6] not in (b"070701", b"070702"):
                 return None
             size, namesize = int(header[54:62], 16), int(header[94:102], 16)
+            if namesize > 4096:
+                return None
             name = fh.read(namesize)
             if name.rstrip(b"\0") != b"sw-description" or size > 1 << 20:
                 return None
@@ -516,7 +518,7 @@ class SwupdateInstaller:
             assert slot is not None
             return slot
         # booted_from = "env": rootpart as the bootloader left it, pinned per boot
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, RecursionError):
             pinned = json.loads(self.state_file.read_text())
             if isinstance(pinned, dict) and pinned.get("bootId") == boot_id and pinned.get("booted") in self.slots:
                 return str(pinned["booted"])
