@@ -325,6 +325,8 @@ class Engine:
         data = self.journal.load()
         if self.journal.recovered_from:
             await self.telemetry.emit(Event.WARNING, self.journal.recovered_from, problem="journal")
+        for warning in self.config.warnings:
+            await self._warn_once(f"config:{warning}", warning)
         name, current = system_identity(self.config, info)
         current = current or "unknown"
         await self.telemetry.update_status(currentVersion=current, runningSlot=info.booted, agent=_agent())

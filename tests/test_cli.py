@@ -180,3 +180,12 @@ def test_inhibit_holds_a_lease_while_the_command_runs(tmp_path: Path) -> None:
     lease = json.loads(seen.read_text())
     assert lease["reason"] == "recording" and lease["what"] == ["reboot"]
     assert list(leases.glob("*.json")) == []
+
+
+def test_world_writable_config_is_reported(world: SimWorld) -> None:
+    """A configuration file anyone may write is a way to root: the daemon says so in an event."""
+    config = world.toml()
+    config.chmod(0o666)
+    assert cli("--config", str(config), "check").returncode == 0
+    warnings = [e["body"] for e in events(world) if e["attributes"]["event"] == "warning"]
+    assert any("writable" in w for w in warnings), warnings
