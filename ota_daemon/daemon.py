@@ -49,9 +49,10 @@ class SdNotifier:
 
 
 def backoff_delay(failures: int, *, interval: float, base: float = 10.0, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter, capped at the poll interval."""
+    """Exponential backoff with jitter over the upper half, from ``base`` (at most a sixteenth
+    of the poll interval) doubling up to the interval: 10 s, 20 s, 40 s … 4 h by default."""
     rng = rng or random.Random()
-    base = min(base, interval)
+    base = min(base, interval / 16)
     cap = min(interval, base * 2 ** max(0, failures - 1))
     return rng.uniform(cap / 2, cap)
 
@@ -206,7 +207,7 @@ class Daemon:
             delay = backoff_delay(self.failures, interval=interval, rng=self.rng)
             if exc.retry_after:
                 delay = max(delay, min(interval, exc.retry_after))
-            log.warning("pass failed transiently; backing off", error=str(exc), retry_in=round(delay, 1))
+            log.warning("pass failed transiently; backing off", error=str(exc), retry_in=round(delay, 3))
             self.set_status(f"hub unavailable, retry in {delay:.0f}s")
             return delay
         except OtaError as exc:

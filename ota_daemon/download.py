@@ -76,7 +76,14 @@ import tenacity
 from ota_daemon import __version__
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.config import DownloadConfig, TlsConfig
-from ota_daemon.errors import ConfigError, IntegrityError, OtaError, TransientError, UpdateFailed
+from ota_daemon.errors import (
+    ConfigError,
+    IntegrityError,
+    NoSpace,
+    OtaError,
+    TransientError,
+    UpdateFailed,
+)
 from ota_daemon.faults import fault_threshold
 from ota_daemon.model import Asset, Progress, ProgressCallback
 from ota_daemon.redact import redact_url
@@ -416,7 +423,7 @@ class _FileSink:
         self.sync_interval = config.sync_interval
         self.synced_at = job.have
         self.writing = _lane("write")
-        self.write_failed: UpdateFailed | None = None
+        self.write_failed: OtaError | None = None
         self.hashing = _lane("hash")
         self.pending: deque[tuple[Future[None], Future[None]]] = deque()
         self.syncer = _lane("sync")
@@ -460,14 +467,13 @@ class _FileSink:
             if state is not None:
                 self.sync_future = self.syncer.submit(self._checkpoint, end, state)
 
-    def _write_error(self, exc: OSError, at: int) -> UpdateFailed:
+    def _write_error(self, exc: OSError, at: int) -> OtaError:
         where = self.partial.parent
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             free = shutil.disk_usage(where).free
-            return UpdateFailed(
+            return NoSpace(
                 f"no space left in {where} while writing {self.partial.name} at byte {at} of {self.job.asset.size} "
-                f"({_mib(free)} free); the partial download is kept for a later resume",
-                phase="downloading",
+                f"({_mib(free)} free); the partial download is kept for a later resume"
             )
         return UpdateFailed(f"cannot write {self.partial}: {exc.strerror}", phase="downloading")
 
@@ -1512,10 +1518,9 @@ class Downloader:
         free = shutil.disk_usage(directory).free
         need = remaining + self.config.free_space_margin
         if free < need:
-            raise UpdateFailed(
+            raise NoSpace(
                 f"not enough free space in {directory}: {_mib(free)} free, {_mib(need)} needed "
-                f"({_mib(remaining)} still to download plus download.free_space_margin {_mib(self.config.free_space_margin)})",
-                phase="downloading",
+                f"({_mib(remaining)} still to download plus download.free_space_margin {_mib(self.config.free_space_margin)})"
             )
 
 
@@ -1545,10 +1550,10 @@ def _opener() -> ThreadPoolExecutor:
     return _OPENER
 
 
-def _file_error(exc: OSError, path: Path, doing: str) -> UpdateFailed:
+def _file_error(exc: OSError, path: Path, doing: str) -> OtaError:
     """A local file problem as a clear failure (never a bare OSError to the engine)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UpdateFailed(f"no space left in {path.parent} to {doing} {path.name}", phase="downloading")
+        return NoSpace(f"no space left in {path.parent} to {doing} {path.name}")
     return UpdateFailed(f"cannot {doing} {path}: {exc.strerror or exc}", phase="downloading")
 
 

@@ -38,6 +38,7 @@ from ota_daemon.errors import (
     ConfigError,
     HealthCheckFailed,
     HubError,
+    NoSpace,
     OtaError,
     TransientError,
     UpdateFailed,
@@ -372,7 +373,7 @@ class Engine:
         if decision.action is Action.DEFER:
             # download now, install when the window opens
             if choose_mode(config.download.mode, self.installer.source_kinds, local=False) is SourceKind.FILE:
-                with contextlib.suppress(TransientError):
+                with contextlib.suppress(TransientError, NoSpace):
                     await self._download(target, document)
             await self._blocked(target, decision.reason, current)
             return PassResult(Result.BLOCKED, current, target.version, decision.reason, summary)
@@ -638,6 +639,11 @@ class Engine:
             self._end_attempt()
             await self.telemetry.update_status(state=State.FAILED.value, lastError=str(exc), phase=Phase.IDLE.value)
             raise
+        except NoSpace as exc:
+            # the device, not the version: wait (blocked) and try again next pass
+            self._end_attempt()
+            await self._blocked(target, str(exc), current)
+            return PassResult(Result.BLOCKED, current, target.version, str(exc), _target_summary(target))
         except UpdateFailed as exc:
             return await self._failed(attempt, str(exc), current, detail=exc.detail)
         attempt.target_slot = outcome.target_slot

@@ -14,6 +14,7 @@
     │   ├── IntegrityError        size or digest mismatch: the bytes are never installed
     │   ├── InstallerError        the installer tool failed; carries its own error text
     │   └── HealthCheckFailed     the new system did not pass its health gate
+    ├── NoSpace                   no room for the image on the device: blocked, the version not blamed
     ├── Refused                   the hub asks for something we will not do (downgrade, foreign system)
     └── HubError                  the hub answered, but with something unusable (missing tag, bad document)
 
@@ -68,6 +69,11 @@ class EventsPartlyDelivered(TransientError):
     def __init__(self, message: str, *, delivered: int) -> None:
         super().__init__(message)
         self.delivered = delivered
+
+
+class NoSpace(OtaError):
+    """The device has no room for the image now: the update waits (``blocked``), the version
+    is not blamed."""
 
 
 class HubError(OtaError):

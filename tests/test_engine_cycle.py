@@ -13,7 +13,7 @@ from ota_daemon.app import open_engine
 from ota_daemon.clock import FakeClock
 from ota_daemon.engine import PassResult, Result
 from ota_daemon.state import Journal, Phase
-from ota_daemon.testing import SimWorld
+from ota_daemon.testing import SimWorld, serve_directory
 from tests.conftest import make_config
 
 
@@ -314,3 +314,14 @@ async def test_foreign_image_without_build_info_refused_by_installer(world: SimW
     assert result.result is Result.FAILED and "built for system 'other-board'" in result.message
     assert world.device.slot_path("b").read_bytes() == b""
     assert world.device.info().pending is None
+
+
+async def test_no_space_blocks_without_blaming_the_version(world: SimWorld, clock: FakeClock) -> None:
+    """When the image does not fit, the update waits (blocked, the reason names the space);
+    the version is not quarantined and installs once there is room."""
+    world.publish("1.1.0")
+    with serve_directory(world.repo_dir) as server:
+        result = await run_pass(world, clock, hub={"url": server.url}, download={"free_space_margin": "1000T"})
+        assert result.result is Result.BLOCKED and "not enough free space" in result.message
+        assert status(world)["state"] == "blocked" and not status(world).get("quarantined")
+        assert (await run_pass(world, clock, hub={"url": server.url})).result is Result.REBOOTING
