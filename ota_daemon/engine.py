@@ -317,6 +317,10 @@ class Engine:
         """One full pass; what it reported reaches the hub before it returns (or is spooled)."""
         try:
             return await self._reconcile(dry_run=dry_run)
+        except TransientError as exc:
+            # the hub may be what is away: at least `ota-daemon status` tells
+            self.telemetry.set_local(lastError=str(exc))
+            raise
         finally:
             await self.telemetry.flush()
 

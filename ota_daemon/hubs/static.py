@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from ota_daemon.clock import Clock
 from ota_daemon.errors import ConfigError, HubError, HubUnavailable, TransientError
 from ota_daemon.model import Asset, VersionDocument
-from ota_daemon.redact import redact_url
+from ota_daemon.redact import redact_text, redact_url
 from ota_daemon.state import atomic_write
 
 MAX_DOCUMENT = 1 << 20
@@ -129,7 +129,8 @@ class StaticHub:
         try:
             return await self.http.get(url, headers=headers)
         except httpx.HTTPError as exc:
-            raise HubUnavailable(f"static hub {redact_url(url)}: {type(exc).__name__}") from None
+            detail = redact_text(str(exc)).strip()[:200]
+            raise HubUnavailable(f"static hub {redact_url(url)}: {type(exc).__name__}{': ' + detail if detail else ''}") from None
 
     # ------------------------------------------------------------------ Hub
     async def resolve(self, path: str) -> VersionDocument:
