@@ -191,3 +191,33 @@ def test_sigusr1_checks_now(world: SimWorld, tmp_path: Path, sig: signal.Signals
         if proc.poll() is None:
             proc.kill()
         sock.close()
+
+
+def test_sighup_reloads_and_keeps_a_good_config(world: SimWorld, tmp_path: Path) -> None:
+    """SIGHUP re-reads the file: a broken file is reported and the old config stays in force;
+    a good one takes effect (here: another tag, installed after SIGUSR1)."""
+    sock = _notify_socket(tmp_path / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_")}
+    env["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
+    config = world.toml(poll={"interval": "1h"})
+    good = config.read_text()
+    proc = subprocess.Popen([sys.executable, "-m", "ota_daemon", "--config", str(config), "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _receive_until(sock, lambda m: m.startswith("STATUS=idle, 1.0.0"))
+        config.write_text("[poll\n")
+        proc.send_signal(signal.SIGHUP)
+        _receive_until(sock, lambda m: m == "RELOADING=1")
+        _receive_until(sock, lambda m: m == "READY=1")
+        assert proc.poll() is None  # still running on the old config
+        world.publish("1.1.0", tag="beta")
+        config.write_text(good.replace('path = "fleet/system/stable"', 'path = "fleet/system/beta"'))
+        proc.send_signal(signal.SIGHUP)
+        _receive_until(sock, lambda m: m == "RELOADING=1")
+        proc.send_signal(signal.SIGUSR1)
+        _receive_until(sock, lambda m: m.startswith("STATUS=idle, 1.1.0"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
