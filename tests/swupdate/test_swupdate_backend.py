@@ -283,11 +283,12 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 async def test_url_install_uses_swupdates_downloader(swupdate_device: SwupdateDevice, http_root: tuple[str, Path]) -> None:
-    """A URL is handed to SWUpdate's downloader (-d) and the image lands in slot B."""
+    """A URL is handed to SWUpdate's downloader (-d) and the image lands in slot B. (The version
+    comes from the caller's pin: the image's own header passes only through SWUpdate.)"""
     device = swupdate_device
     base, root = http_root
     (root / "update.swu").write_bytes(device.make_swu("4.0.0").read_bytes())
-    outcome = await device.installer().install(UrlSource(f"{base}/update.swu?X-Token=s3cr3t"))
+    outcome = await device.installer().install(UrlSource(f"{base}/update.swu?X-Token=s3cr3t"), version="4.0.0")
     payload = make_payload("4.0.0")
     assert outcome.target_slot == "B" and outcome.version == "4.0.0"
     assert device.slot_bytes("B", len(payload)) == payload
