@@ -457,8 +457,8 @@ class Engine:
         data = self.journal.load()
         had = data.quarantine.pop(version, None) is not None
         had = data.attempts_per_version.pop(version, None) is not None or had
-        for key in [k for k in data.phase_entries if k.startswith(f"{version}:")]:
-            del data.phase_entries[key]
+        if any(k.startswith(f"{version}:") for k in data.phase_entries):
+            self._forget_entries(version)
             had = True
         if had:
             self.journal.save()
@@ -639,12 +639,15 @@ class Engine:
                     await self.installer.mark_bad(info.other(info.booted))
                 raise
         except TransientError as exc:
-            # nothing counted against the version: the next pass resumes (partial download kept)
+            # nothing counted against the version: the next pass resumes (partial download kept);
+            # a pass that ended by itself is no crash, so the loop guard starts over
+            self._forget_entries(target.version)
             self._end_attempt()
             await self.telemetry.update_status(state=State.FAILED.value, lastError=str(exc), phase=Phase.IDLE.value)
             raise
         except NoSpace as exc:
             # the device, not the version: wait (blocked) and try again next pass
+            self._forget_entries(target.version)
             self._end_attempt()
             await self._blocked(target, str(exc), current)
             return PassResult(Result.BLOCKED, current, target.version, str(exc), _target_summary(target))
@@ -801,8 +804,7 @@ class Engine:
         await self.telemetry.update_status(state=State.COMPLETED.value, currentVersion=current, targetVersion=None, failureCount=0, lastError=None, phase=Phase.IDLE.value, progress=None, attemptId=attempt.id, reason=None)
         await self.telemetry.emit(Event.COMPLETED, key=f"{attempt.id}:completed", currentVersion=current, fromVersion=attempt.from_version)
         data = self.journal.data
-        for key in [k for k in data.phase_entries if k.startswith(f"{attempt.target_version}:")]:
-            del data.phase_entries[key]
+        self._forget_entries(attempt.target_version)
         data.attempts_per_version.pop(attempt.target_version, None)
         self._end_attempt(
             failure_count=0,
@@ -912,6 +914,12 @@ class Engine:
         if not isinstance(record, dict) or not isinstance(record.get("at"), int | float) or record["at"] < attempt.started_at:
             return None
         return f"rebooted by ota-daemon-guard: {str(record.get('reason') or 'still uncommitted')[:300]}"
+
+    def _forget_entries(self, version: str) -> None:
+        """Reset the loop guard's counts for ``version`` (written with the next journal write)."""
+        entries = self.journal.data.phase_entries
+        for key in [k for k in entries if k.startswith(f"{version}:")]:
+            del entries[key]
 
     def _end_attempt(self, **changes: Any) -> None:
         """Back to idle (one journal write), recording ``changes`` with it."""

@@ -325,3 +325,13 @@ async def test_no_space_blocks_without_blaming_the_version(world: SimWorld, cloc
         assert result.result is Result.BLOCKED and "not enough free space" in result.message
         assert status(world)["state"] == "blocked" and not status(world).get("quarantined")
         assert (await run_pass(world, clock, hub={"url": server.url})).result is Result.REBOOTING
+
+
+async def test_blocked_passes_are_no_crash_loop(world: SimWorld, clock: FakeClock) -> None:
+    """Many passes blocked by missing space (each ends by itself) never trip the loop guard."""
+    world.publish("1.1.0")
+    with serve_directory(world.repo_dir) as server:
+        for _ in range(6):
+            result = await run_pass(world, clock, hub={"url": server.url}, download={"free_space_margin": "1000T"})
+            assert result.result is Result.BLOCKED, result.message
+        assert (await run_pass(world, clock, hub={"url": server.url})).result is Result.REBOOTING
