@@ -23,6 +23,7 @@ import contextlib
 import enum
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -189,8 +190,6 @@ class Decision:
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Natural order: ``1.10.0 > 1.9.2``, ``build-20260401 > build-20251231``."""
-    import re
-
     parts: list[tuple[int, int | str]] = []
     for chunk in re.findall(r"\d+|[A-Za-z]+", version):
         parts.append((1, int(chunk)) if chunk.isdigit() else (0, chunk.lower()))
@@ -563,8 +562,9 @@ class Engine:
     def _cache_file(self, asset: Asset) -> Path:
         return self.config.cache_dir / f"{asset.digest}.{self.installer.image_ext}"
 
-    async def _download(self, target: PinnedVersion, document: VersionDocument) -> Path:
-        await self.telemetry.emit(Event.DOWNLOADING, size=target.image.size, targetVersion=target.version)
+    async def _download(self, target: PinnedVersion, document: VersionDocument, *, quiet: bool = False) -> Path:
+        if not quiet:
+            await self.telemetry.emit(Event.DOWNLOADING, size=target.image.size, targetVersion=target.version)
         self.telemetry.reset_progress()
         path = await self.downloader.to_file(
             url=self._url_provider(document, target.image),
@@ -610,14 +610,18 @@ class Engine:
             return await self._failed(attempt, report.reason, current, detail=report.deciding.output_tail if report.deciding else None)
         is_local = local_path(target.image.url or "") is not None if source_kind == "local" else False
         mode = choose_mode(config.download.mode, self.installer.source_kinds, local=is_local)
-        await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
-        await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.DOWNLOADING.value, progress=0, reason=None)
+        # a pass that finds the same update still blocked (no space, a window, a lease) says
+        # nothing new until something changes
+        quiet = self.telemetry.status.get("state") == State.BLOCKED.value and self.telemetry.status.get("targetVersion") == target.version
+        if not quiet:
+            await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
+            await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.DOWNLOADING.value, progress=0, reason=None)
         try:
             source: InstallSource
             if mode is SourceKind.FILE:
                 count = self.journal.transition(Phase.DOWNLOADING, attempt=attempt)
                 self._loop_guard(Phase.DOWNLOADING, count)
-                path = await self._download(target, document)
+                path = await self._download(target, document, quiet=quiet)
                 source = FileSource(path)
             elif mode is SourceKind.STREAM:
                 source = StreamSource(
@@ -628,7 +632,7 @@ class Engine:
                 source = UrlSource(await self._url_provider(document, target.image)(), size=target.image.size, sha256=target.image.sha256)
             count = self.journal.transition(Phase.INSTALLING, attempt=attempt)
             self._loop_guard(Phase.INSTALLING, count)
-            await self.telemetry.update_status(phase=Phase.INSTALLING.value, progress=0)
+            await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.INSTALLING.value, progress=0, reason=None)
             await self.telemetry.emit(Event.INSTALLING, targetVersion=target.version, mode=mode.value, fromSlot=info.booted)
             self.telemetry.reset_progress()
             try:
@@ -960,7 +964,10 @@ class Engine:
             await self.telemetry.emit(Event.REFUSED, reason, targetVersion=target.version, currentVersion=current)
 
     async def _blocked(self, target: PinnedVersion, reason: str, current: str) -> None:
-        changed = self.telemetry.status.get("reason") != reason or self.telemetry.status.get("state") != State.BLOCKED.value
+        def gist(text: object) -> str:  # the same reason with other numbers (free MiB, hours) is not news
+            return re.sub(r"\d+(\.\d+)?", "#", str(text))
+
+        changed = gist(self.telemetry.status.get("reason")) != gist(reason) or self.telemetry.status.get("state") != State.BLOCKED.value
         await self.telemetry.update_status(state=State.BLOCKED.value, targetVersion=target.version, reason=reason, phase=Phase.IDLE.value)
         if changed:
             await self.telemetry.emit(Event.BLOCKED, f"update deferred: {reason}", targetVersion=target.version, currentVersion=current, reason=reason)

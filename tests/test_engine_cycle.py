@@ -335,3 +335,13 @@ async def test_blocked_passes_are_no_crash_loop(world: SimWorld, clock: FakeCloc
             result = await run_pass(world, clock, hub={"url": server.url}, download={"free_space_margin": "1000T"})
             assert result.result is Result.BLOCKED, result.message
         assert (await run_pass(world, clock, hub={"url": server.url})).result is Result.REBOOTING
+
+
+async def test_repeated_blocked_passes_are_quiet(world: SimWorld, clock: FakeClock) -> None:
+    """The same update blocked pass after pass (no space) is reported once, not every poll."""
+    world.publish("1.1.0")
+    with serve_directory(world.repo_dir) as server:
+        for _ in range(3):
+            await run_pass(world, clock, hub={"url": server.url}, download={"free_space_margin": "1000T"})
+    assert kinds(world).count("blocked") == 1
+    assert kinds(world).count("update_available") == 1

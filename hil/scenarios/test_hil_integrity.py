@@ -84,26 +84,25 @@ def test_hil_13_bad_image_rejected_before_arming(rig: Rig, case: str) -> None:
 @pytest.mark.hil_needs(dev.DISK_FULL)
 @pytest.mark.hil_reboots(1)
 def test_hil_15_disk_full_before_download(rig: Rig) -> None:
-    """The download directory has less free space than the image: the daemon fails cleanly
-    before fetching (a 'failed' event naming the space), leaves no partial data (at most an
-    empty placeholder, kept for a resume by the daemon's policy), keeps its journal intact
-    and stays up; when space is freed it updates (after 'ota-daemon retry' if the failure
-    quarantined the version)."""
+    """The download directory has less free space than the image: the daemon holds the update
+    back before fetching (state blocked, a 'blocked' event naming the space, the version not
+    quarantined), leaves no partial data (at most an empty placeholder), keeps its journal
+    intact and stays up; when space is freed it updates by itself."""
     device = rig.device
     device.small_cache_fs(3 * SIZE)
     device.restart_daemon()
     wait_settled(device, "1.0.0")
     device.fill_cache_fs(leave=SIZE // 2)
     v2 = rig.publish("2.0.0", size=SIZE)
-    failed = wait_event(device, "failed", timeout=20)[-1]
-    assert "space" in failed["attributes"].get("error", ""), failed
+    blocked = wait_event(device, "blocked", timeout=20)[-1]
+    assert "space" in blocked["attributes"].get("reason", ""), blocked
+    assert device.status().get("state") == "blocked" and not device.status().get("quarantined")
     partial = [f for f in device.cache_files() if f.endswith(".partial")]
     assert all(device.cache_size(f) == 0 for f in partial), f"partial data written although it could not fit: {partial}"
     wait_until(lambda: device.journal().get("phase", "idle") == "idle", timeout=5, what="the journal back to idle")
     assert device.daemon_running() and device.daemon_restarts() == 0
     assert rig.hub.bytes_sent(v2.asset) == 0
     device.free_cache_fs()
-    _retry_if_quarantined(rig, "2.0.0")
     wait_settled(device, "2.0.0", timeout=30)
     assert device.slot_holds("b", v2)
 
@@ -111,10 +110,10 @@ def test_hil_15_disk_full_before_download(rig: Rig) -> None:
 @pytest.mark.hil_needs(dev.DISK_FULL)
 @pytest.mark.hil_reboots(1)
 def test_hil_15_disk_fills_during_download(rig: Rig) -> None:
-    """The download directory fills up while the image is downloading (ENOSPC mid-write):
-    a clean failure naming the space, no crash, the journal intact, the partial download
-    bounded by the image size (kept for resume, by the daemon's policy); when space is
-    freed the update completes and the cache is emptied."""
+    """The download directory fills up while the image is downloading (ENOSPC mid-write): the
+    update is held back (blocked, naming the space), no crash, the journal intact, the partial
+    download bounded by the image size (kept for resume); when space is freed the update
+    completes by itself and the cache is emptied."""
     device = rig.device
     device.small_cache_fs(3 * SIZE)
     device.restart_daemon()
@@ -124,22 +123,15 @@ def test_hil_15_disk_fills_during_download(rig: Rig) -> None:
     rig.hub.tag("2.0.0")
     wait_until(lambda: rig.hub.bytes_sent(v2.asset) > 150_000, timeout=15, what="the download under way")
     device.fill_cache_fs(leave=16 * 1024)
-    failed = wait_event(device, "failed", timeout=25)[-1]
-    assert "space" in failed["attributes"].get("error", ""), failed
+    blocked = wait_event(device, "blocked", timeout=25)[-1]
+    assert "space" in blocked["attributes"].get("reason", ""), blocked
     assert device.daemon_running() and device.daemon_restarts() == 0
     wait_until(lambda: device.journal().get("phase", "idle") == "idle", timeout=5, what="the journal back to idle")
     partial = [f for f in device.cache_files() if f.endswith(".partial")]
     assert all(device.cache_size(f) <= SIZE for f in partial), "the partial file outgrew the image"
     device.free_cache_fs()
-    _retry_if_quarantined(rig, "2.0.0")
     wait_settled(device, "2.0.0", timeout=40)
     assert device.slot_holds("b", v2)
     assert not device.cache_files(), f"cache not emptied after the commit: {device.cache_files()}"
     assert len(events_of(device, "completed")) == 1
 
-
-def _retry_if_quarantined(rig: Rig, version: str) -> None:
-    quarantined = rig.device.status().get("quarantined") or []
-    if any(q.get("version") == version for q in quarantined):
-        rig.step(f"operator: ota-daemon retry {version}")
-        rig.device.retry(version)
