@@ -85,7 +85,7 @@ from ota_daemon.errors import (
     UpdateFailed,
 )
 from ota_daemon.faults import fault_threshold
-from ota_daemon.model import Asset, Progress, ProgressCallback
+from ota_daemon.model import Asset, Progress, ProgressCallback, report_progress
 from ota_daemon.redact import redact_url
 from ota_daemon.state import atomic_write, fsync_dir
 
@@ -308,12 +308,7 @@ def _proxied(scheme: str) -> bool:
     return bool(proxies.get(scheme) or proxies.get("all"))
 
 
-async def _emit(progress: ProgressCallback | None, item: Progress) -> None:
-    if progress is None:
-        return
-    result = progress(item)
-    if result is not None:
-        await result
+_emit = report_progress
 
 
 class _Retry(Exception):

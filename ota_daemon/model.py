@@ -160,6 +160,15 @@ class Progress:
 ProgressCallback = Callable[[Progress], Awaitable[None] | None]
 
 
+async def report_progress(callback: ProgressCallback | None, item: Progress) -> None:
+    """Hand ``item`` to ``callback`` (plain or async; none: nothing)."""
+    if callback is None:
+        return
+    result = callback(item)
+    if result is not None:
+        await result
+
+
 @dataclass(frozen=True)
 class SlotState:
     name: str

@@ -63,6 +63,7 @@ from ota_daemon.model import (
     SlotState,
     SourceKind,
     UrlSource,
+    report_progress,
 )
 from ota_daemon.redact import redact_text, redact_url
 
@@ -707,10 +708,7 @@ async def _disconnect_waiter(bus: MessageBus) -> None:
         await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
 
-async def _emit(callback: ProgressCallback, item: Progress) -> None:
-    result = callback(item)
-    if asyncio.iscoroutine(result):
-        await result
+_emit = report_progress
 
 
 __all__ = ["RaucInstaller", "RaucSlot", "RaucStatus"]

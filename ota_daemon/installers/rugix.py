@@ -64,6 +64,7 @@ from ota_daemon.model import (
     SourceKind,
     StreamSource,
     UrlSource,
+    report_progress,
 )
 from ota_daemon.redact import redact_text, redact_url
 
@@ -187,11 +188,7 @@ class _Progress:
         self.last = percent
         if self.callback is None:
             return
-        result = self.callback(
-            Progress("installing", percent, f"writing boot group {self.target}", done, self.total)
-        )
-        if asyncio.iscoroutine(result):
-            await result
+        await report_progress(self.callback, Progress("installing", percent, f"writing boot group {self.target}", done, self.total))
 
 
 class RugixInstaller:

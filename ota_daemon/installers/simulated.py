@@ -39,6 +39,7 @@ from ota_daemon.model import (
     SourceKind,
     StreamSource,
     UrlSource,
+    report_progress,
 )
 from ota_daemon.state import atomic_write
 
@@ -267,10 +268,7 @@ class SimulatedInstaller:
                 if total:
                     percent = 100.0 * written / total
                     fault_threshold("install", percent)
-                    if progress is not None:
-                        result = progress(Progress("installing", percent, f"writing slot {target}", written, total))
-                        if asyncio.iscoroutine(result):
-                            await result
+                    await report_progress(progress, Progress("installing", percent, f"writing slot {target}", written, total))
             if fd < 0:
                 raise InstallerError("simulated: the image is empty", backend="simulated", phase="installing")
             os.fsync(fd)

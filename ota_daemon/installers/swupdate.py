@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import re
@@ -80,6 +79,7 @@ from ota_daemon.model import (
     SourceKind,
     StreamSource,
     UrlSource,
+    report_progress,
 )
 from ota_daemon.redact import redact_text, redact_url
 from ota_daemon.state import atomic_write
@@ -332,12 +332,7 @@ def read_swu_version(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-async def _emit(progress: ProgressCallback | None, item: Progress) -> None:
-    if progress is None:
-        return
-    result = progress(item)
-    if inspect.isawaitable(result):
-        await result
+_emit = report_progress
 
 
 @dataclass(frozen=True)
