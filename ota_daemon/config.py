@@ -395,6 +395,7 @@ class DownloadConfig(_Section):
     min_rate: Size = Field(default=1024, description="reconnect and resume when slower than this over min_rate_window; 0: off")
     min_rate_window: Duration = 60.0
     free_space_margin: Size = 64 * 1024 * 1024
+    max_image_size: Size = Field(default=64 * 1024**3, description="a version document announcing a bigger image is refused")
     connect_timeout: Duration = 30.0
     read_timeout: Duration = Field(default=60.0, gt=0, description="no byte for this long: the connection stalled; reconnect and resume")
     max_retries: int = Field(default=8, ge=0, description="failures in a row without progress before giving up (progress resets the count)")

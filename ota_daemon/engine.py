@@ -479,6 +479,11 @@ class Engine:
                 invalidate(document.version_id)
             names = ", ".join(a.filename for a in document.assets) or "none"
             raise HubError(f"version {document.version_id} at {path!r} has no asset {image_name!r} (has: {names})")
+        if image.size > config.download.max_image_size:
+            raise HubError(
+                f"asset {image_name!r} of version {document.version_id} claims {image.size} bytes, more than "
+                f"download.max_image_size ({config.download.max_image_size}); refused"
+            )
         if image.status not in (None, "Available"):
             raise HubError(f"asset {image_name!r} of version {document.version_id} is {image.status}, not Available")
         version: str | None = None
@@ -657,6 +662,8 @@ class Engine:
             return PassResult(Result.BLOCKED, current, target.version, str(exc), _target_summary(target))
         except UpdateFailed as exc:
             return await self._failed(attempt, str(exc), current, detail=exc.detail)
+        except HubError as exc:  # an unusable instruction in the pinned document (a bad asset URL)
+            return await self._failed(attempt, str(exc), current)
         attempt.target_slot = outcome.target_slot
         attempt.boot_id = info.boot_id
         self.journal.transition(Phase.REBOOTING, attempt=attempt)
