@@ -411,7 +411,9 @@ class Engine:
         if size < 0:
             size = await self._probe_size(url)
         asset = Asset(filename=(path.name if path else "image"), size=size, digest=f"sha256_{digest}", url=url)
-        document = VersionDocument.model_validate({"versionId": f"local-{digest[:16]}", "assets": [asset.model_dump(by_alias=True)], "metadata": {"imageVersion": target_version}})
+        document = VersionDocument.model_validate(
+            {"versionId": f"local-{digest[:16]}", "assets": [asset.model_dump(by_alias=True)], "metadata": {"imageVersion": target_version}, "local": True}
+        )
         target = PinnedVersion(path="local", document=document, version=target_version, image=asset, version_source="local", system_name=header_name)
         if header_name and name and header_name != name:
             raise UpdateFailed(f"{source}: image is for system {header_name!r}, this is {name!r}")
@@ -554,7 +556,8 @@ class Engine:
         """Issues (and re-issues) the asset's URL; plain http only with hub.allow_insecure."""
 
         async def provide() -> str:
-            url = await self.hub.issue_url(document, asset)
+            local = bool((document.__pydantic_extra__ or {}).get("local")) and asset.url
+            url = asset.url if local and asset.url else await self.hub.issue_url(document, asset)
             if url.lower().startswith("http://") and not self.config.hub.allow_insecure:
                 raise HubError(
                     f"asset {asset.filename!r}: the hub gave a plain http:// URL ({redact_url(url)}); "

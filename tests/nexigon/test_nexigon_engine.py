@@ -170,3 +170,18 @@ async def test_status_written_only_on_change(nexigon_hub_double: NexigonDouble, 
     for _ in range(3):
         await run(double, sim, nexigon_transport, clock)
     assert double.writes(since=mark).count("devices_SetProperty") == 1
+
+
+async def test_local_install_with_the_nexigon_hub(nexigon_hub_double: NexigonDouble, sim: SimWorld) -> None:
+    """`ota-daemon install FILE` on a Nexigon device: the file is installed (no URL is asked of
+    the hub for it) and the hub hears about it."""
+    double, clock = nexigon_hub_double, FakeClock()
+    release(double, sim, "1.0.0")
+    image = sim.image("2.0.0")
+    async with open_engine(config(double, sim, "socket", health=APP_CHECK), clock=clock) as engine:
+        result = await engine.install_local(str(image))
+    assert result.result is Result.REBOOTING, result.message
+    async with open_engine(config(double, sim, "socket", health=APP_CHECK), clock=clock) as engine:
+        assert (await engine.commit_now()).result is Result.COMPLETED
+    assert sim.device.info().version_of(sim.device.info().booted) == "2.0.0"
+    assert double.status["currentVersion"] == "2.0.0" and double.status["state"] == "completed"
