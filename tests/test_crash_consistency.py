@@ -43,7 +43,8 @@ def _corrupt(world: SimWorld) -> None:
     published = world.versions["1.1.0"]
     image = next(a for a in published.document["assets"] if a["filename"].endswith(".img"))
     blob = world.repo_dir / "fleet" / image["url"]
-    blob.write_bytes(blob.read_bytes()[:-1] + b"!")
+    data = blob.read_bytes()
+    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
 
 
 FAILING_GATE = {"deadline": "1s", "interval": "1s", "checks": [{"kind": "command", "name": "app", "command": ["false"]}]}

@@ -220,7 +220,8 @@ async def test_stream_digest_mismatch_disarms_slot(world: SimWorld, clock: FakeC
     published = world.publish("1.1.0")
     image = next(a for a in published.document["assets"] if a["filename"].endswith(".img"))
     blob = world.repo_dir / "fleet" / image["url"]
-    blob.write_bytes(blob.read_bytes()[:-1] + b"X")
+    data = blob.read_bytes()
+    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     result = await run_pass(world, clock, download={"mode": "stream"})
     assert result.result is Result.FAILED
     info = world.device.info()

@@ -76,7 +76,8 @@ def main() -> int:
                 if kind == "corrupt":
                     image = next(a for a in world.versions[version].document["assets"] if a["filename"].endswith(".img"))
                     blob = world.repo_dir / "fleet" / image["url"]
-                    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+                    data = blob.read_bytes()
+                    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # a byte that surely differs
                 armed: list[str] = []
                 if rng.random() < 0.5:
                     armed.append(rng.choice([*EDGES, f"download:{rng.randrange(1, args.size)}", f"install:{rng.randrange(1, 100)}"]))
