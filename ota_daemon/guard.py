@@ -61,7 +61,6 @@ import contextlib
 import enum
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -70,6 +69,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ota_daemon.durations import parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
 ENV_PREFIX = "OTA_DAEMON_"
@@ -91,34 +92,6 @@ class GuardError(Exception):
 
 
 # =========================================================================== settings
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> float:
-    """``30s``, ``5m``, ``1h30m`` or a number of seconds, as seconds (``config.parse_duration``'s rules)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 4h")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("expected a duration that is not negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a duration such as 30s, 5m or 4h")
-    text = value.strip().replace(" ", "")
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"expected a duration such as 30s, 5m or 4h, got {value!r}")
-    return total
-
 
 @dataclass(frozen=True)
 class GuardSettings:

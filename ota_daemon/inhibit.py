@@ -446,7 +446,7 @@ def run_inhibit(argv: Sequence[str], *, config_path: str | Path | None = None) -
 
 def run_inhibit_parsed(args: argparse.Namespace, *, config_path: str | Path | None = None) -> int:
     """The helper, from arguments parsed by :func:`add_inhibit_arguments`."""
-    from ota_daemon.config import parse_duration
+    from ota_daemon.durations import parse_duration
     from ota_daemon.errors import ConfigError
     from ota_daemon.state import atomic_write
 

@@ -17,7 +17,6 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ota_daemon.config import (
-    MAX_DURATION,
     MAX_SIZE,
     OVERLAY_KEYS,
     Config,
@@ -29,6 +28,7 @@ from ota_daemon.config import (
     parse_size,
     read_toml,
 )
+from ota_daemon.durations import MAX_DURATION
 from ota_daemon.errors import ConfigError
 
 UNITS = ["ms", "s", "m", "h", "d", "w", "S", "M", "H", "D", "W", "MS"]
