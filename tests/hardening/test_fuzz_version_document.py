@@ -353,49 +353,31 @@ def test_engine_read_os_release_not_utf8(tmp_path: Path) -> None:
     assert read_os_release(path).get("IMAGE_ID") == "sys"
 
 
-def test_engine_pin_deeply_nested_build_info_asset(pin_world: PinWorld) -> None:
-    """Finding for engine.py: a hub-supplied build-info asset of '[' * 60000 must be a HubError."""
-    body = DEEP_JSON[0][:60_000].encode()
+def _pin_with_build_info(pin_world: PinWorld, body: bytes) -> None:
+    """Pin a document whose build-info asset holds ``body``."""
     document = VersionDocument.model_validate(
         {
-            "versionId": "pkg_v_deep",
+            "versionId": "pkg_v_probe",
             "assets": [
                 {"filename": "sim-device.img", "size": 1, "digest": "sha256_" + "0" * 64},
                 pin_world.asset_for("sim-device.build-info.json", body),
             ],
         }
     )
+    pin_world.loop.run(
+        pin_world.engine.pin(document, path="fleet/system/stable", system_name="sim-device", config=pin_world.engine.config)
+    )
+
+
+def test_engine_pin_deeply_nested_build_info_asset(pin_world: PinWorld) -> None:
+    """A hub-supplied build-info asset of '[' * 60000 is a HubError, not a RecursionError."""
     with pytest.raises(HubError):
-        pin_world.loop.run(
-            pin_world.engine.pin(
-                document,
-                path="fleet/system/stable",
-                system_name="sim-device",
-                config=pin_world.engine.config,
-            )
-        )
+        _pin_with_build_info(pin_world, DEEP_JSON[0][:60_000].encode())
 
 
 @pytest.mark.parametrize("version", [" ", "\t", "1.0\x1b[2J", "1.0\x7f"])
 def test_engine_pin_refuses_odd_version_strings(pin_world: PinWorld, version: str) -> None:
-    """Finding for engine.py: a version that is blank or holds control characters should be a
-    HubError ('version string ... is not usable'), as newlines and NUL already are."""
-    body = json.dumps({"name": "sim-device", "release": {"version": version}}).encode()
-    document = VersionDocument.model_validate(
-        {
-            "versionId": "pkg_v_odd",
-            "assets": [
-                {"filename": "sim-device.img", "size": 1, "digest": "sha256_" + "0" * 64},
-                pin_world.asset_for("sim-device.build-info.json", body),
-            ],
-        }
-    )
-    with pytest.raises(HubError):
-        pin_world.loop.run(
-            pin_world.engine.pin(
-                document,
-                path="fleet/system/stable",
-                system_name="sim-device",
-                config=pin_world.engine.config,
-            )
-        )
+    """A version that is blank or holds control characters is a HubError ('version string ...
+    is not usable'), as newlines and NUL are."""
+    with pytest.raises(HubError, match="not usable"):
+        _pin_with_build_info(pin_world, json.dumps({"name": "sim-device", "release": {"version": version}}).encode())
