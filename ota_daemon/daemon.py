@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import signal
@@ -53,7 +54,9 @@ def backoff_delay(failures: int, *, interval: float, base: float = 10.0, rng: ra
     of the poll interval) doubling up to the interval: 10 s, 20 s, 40 s … 4 h by default."""
     rng = rng or random.Random()
     base = min(base, interval / 16)
-    cap = min(interval, base * 2 ** max(0, failures - 1))
+    # the exponent is bounded: 2**64 passes any interval, and a hub away for days (thousands
+    # of failures in a row) must not overflow the float (it ended the daemon at ~1,025)
+    cap = min(interval, math.ldexp(base, min(max(0, failures - 1), 64)))
     return rng.uniform(cap / 2, cap)
 
 

@@ -221,3 +221,34 @@ def test_sighup_reloads_and_keeps_a_good_config(world: SimWorld, tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
         sock.close()
+
+
+# --------------------------------------------------------------------------- months in the field
+
+
+@pytest.mark.parametrize("failures", [1024, 1025, 1100, 10**6, 10**18])
+def test_backoff_delay_never_overflows(failures: int) -> None:
+    """A hub away for days: after ~1,025 failed passes in a row the delay stays capped at the
+    interval (it raised OverflowError and ended the daemon)."""
+    import random
+
+    delay = backoff_delay(failures, interval=60, rng=random.Random(3))
+    assert 30 <= delay <= 60
+
+
+async def test_daemon_survives_a_hub_outage_of_days(world: SimWorld, clock: FakeClock) -> None:
+    """The daemon keeps retrying through a day-long outage at a one-minute interval
+    (1,440+ failed passes in a row) without dying; each wait is at most the interval."""
+    def enough(messages: list[str], d: Daemon) -> bool:
+        return d.failures >= 1030
+
+    import random
+
+    ref: list[Daemon] = []
+    notifier = RecordingNotifier(enough, ref)
+    daemon = Daemon(None, config=make_config(world, hub={"url": "http://127.0.0.1:9/"}, poll={"interval": "1m"}), clock=clock, notifier=notifier, rng=random.Random(7))
+    ref.append(daemon)
+    daemon.failures = 1020  # the first 1,020 failures went by already
+    await asyncio.wait_for(daemon.run(), 120)
+    assert daemon.failures >= 1030
+    assert all(s <= 60 for s in clock.slept)
