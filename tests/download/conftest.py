@@ -32,9 +32,9 @@ def path(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def boot_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A boot id the test can change, to stand for a reboot."""
-    from ota_daemon import download
+    from ota_daemon.download import partial
 
     path = tmp_path / "boot_id"
     path.write_text("boot-1\n")
-    monkeypatch.setattr(download, "BOOT_ID_PATH", path)
+    monkeypatch.setattr(partial, "BOOT_ID_PATH", path)
     return path
