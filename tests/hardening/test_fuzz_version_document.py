@@ -339,14 +339,14 @@ def test_read_os_release_and_system_identity_give_strings(
 
 
 def test_engine_read_build_info_deeply_nested(tmp_path: Path) -> None:
-    """Finding for engine.py: read_build_info should return None for '[' * 100000."""
+    """Finding for the engine: read_build_info should return None for '[' * 100000."""
     path = tmp_path / "build-info.json"
     path.write_text(DEEP_JSON[0])
     assert read_build_info(path) is None
 
 
 def test_engine_read_os_release_not_utf8(tmp_path: Path) -> None:
-    """Finding for engine.py: read_os_release should skip (or decode with replacement) bytes
+    """Finding for the engine: read_os_release should skip (or decode with replacement) bytes
     that are not UTF-8 instead of raising."""
     path = tmp_path / "os-release"
     path.write_bytes(b"IMAGE_ID=sys\nIMAGE_VERSION=\xff\xfe\n")

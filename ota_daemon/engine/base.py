@@ -1,0 +1,186 @@
+"""The engine's state and shared helpers: journal bookkeeping, hooks, deferrals, reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ota_daemon.clock import Clock
+from ota_daemon.config import Config
+from ota_daemon.download import Downloader
+from ota_daemon.engine.util import _quarantine_list
+from ota_daemon.errors import UpdateFailed
+from ota_daemon.health import HealthGate
+from ota_daemon.hooks import HookPoint, HookReport, hook_env, run_hooks
+from ota_daemon.hubs.base import Hub
+from ota_daemon.inhibit import deferral_decision, scan
+from ota_daemon.installers.base import Installer
+from ota_daemon.model import PinnedVersion
+from ota_daemon.state import Attempt, Journal, JournalData, Phase, QuarantineEntry
+from ota_daemon.telemetry import Event, State, Telemetry
+
+
+@dataclass
+class EngineBase:
+    """What every part of the pass shares: its collaborators, the journal helpers and reporting."""
+
+    config: Config
+    hub: Hub
+    installer: Installer
+    journal: Journal
+    telemetry: Telemetry
+    downloader: Downloader
+    clock: Clock
+    health: HealthGate | None = None
+    #: the effective config of the last pass (local ⊕ hub overlay)
+    effective: Config | None = None
+    _overlay_flags: dict[str, Any] = field(default_factory=dict)
+
+    def _loop_guard(self, phase: Phase, count: int) -> None:
+        limit = self.config.policy.max_phase_entries
+        if count > limit:
+            raise UpdateFailed(
+                f"entered {phase.value} {count} times without progress (a crash or power loss each time); stopped "
+                f"after policy.max_phase_entries = {limit}",
+                phase=phase.value,
+            )
+
+
+    def _quarantine(self, attempt: Attempt, reason: str) -> None:
+        data = self.journal.data
+        if attempt.source == "adopted":
+            return
+        count = data.attempts_per_version.get(attempt.target_version, 0) + 1
+        data.attempts_per_version[attempt.target_version] = count
+        if count >= self.config.policy.max_attempts:
+            data.quarantine[attempt.target_version] = QuarantineEntry(
+                version=attempt.target_version, version_id=attempt.version_id, reason=reason, at=self.clock.now(), attempts=count
+            )
+
+    async def _hooks(self, point: HookPoint, attempt: Attempt, current: str, from_slot: str | None, target_slot: str | None) -> HookReport:
+        """Run a hook point; a failing report-only hook becomes a warning event, never an error."""
+        env = hook_env(current_version=current, target_version=attempt.target_version, attempt_id=attempt.id, from_slot=from_slot, target_slot=target_slot)
+        report = await run_hooks(point, config=self.config.hooks, env=env, clock=self.clock)
+        if report.failures or report.skipped:
+            await self.telemetry.emit(Event.WARNING, f"{point.value} hooks: {report.reason}", **report.to_attributes())
+        return report
+
+    async def _deferred(self, what: str, subject: str, config: Config) -> str | None:
+        """An application's lease holds ``what`` back: the reason, or None to go on (also past the cap)."""
+        state = scan(config.policy.inhibit_dir, now=self.clock.now())
+        for problem in state.problems:
+            await self._warn_once(f"lease:{problem}", f"inhibitor lease ignored: {problem}")
+        key = f"{what}:{subject}"
+        since = self.journal.data.deferred_since.get(key)
+        defer, reason = deferral_decision(state, what, blocked_since=since, now=self.clock.now(), max_deferral=config.policy.max_deferral)
+        if defer:
+            if since is None:
+                self.journal.data.deferred_since[key] = self.clock.now()
+                self.journal.save()
+            return reason
+        if since is not None:
+            del self.journal.data.deferred_since[key]
+            self.journal.save()
+        if state.for_(what).inhibited:  # past policy.max_deferral: proceeding, say so
+            await self.telemetry.emit(Event.WARNING, reason, what=what)
+        return None
+
+    async def _defer_capped(self, what: str, subject: str, reason: str, config: Config) -> str | None:
+        """A deferral asked for by a hook, capped by policy.max_deferral like a lease."""
+        key = f"{what}:{subject}"
+        now = self.clock.now()
+        since = self.journal.data.deferred_since.setdefault(key, now)
+        if since == now:
+            self.journal.save()
+        if now - since >= config.policy.max_deferral:
+            del self.journal.data.deferred_since[key]
+            self.journal.save()
+            await self.telemetry.emit(Event.WARNING, f"{reason}; deferred past policy.max_deferral: proceeding anyway", what=what)
+            return None
+        return reason
+
+    def _guard_reason(self, attempt: Attempt) -> str | None:
+        """What ota-daemon-guard recorded, when it rebooted the trial slot of this attempt."""
+        try:
+            record = json.loads((self.config.state.dir / "guard.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("at"), int | float) or record["at"] < attempt.started_at:
+            return None
+        return f"rebooted by ota-daemon-guard: {str(record.get('reason') or 'still uncommitted')[:300]}"
+
+    def _forget_entries(self, version: str) -> None:
+        """Reset the loop guard's counts for ``version`` (written with the next journal write)."""
+        entries = self.journal.data.phase_entries
+        for key in [k for k in entries if k.startswith(f"{version}:")]:
+            del entries[key]
+
+    def _end_attempt(self, **changes: Any) -> None:
+        """Back to idle (one journal write), recording ``changes`` with it."""
+        if self.journal.data.phase is not Phase.IDLE:
+            self.journal.transition(Phase.IDLE, attempt=None, **changes)
+        elif changes:
+            for key, value in changes.items():
+                setattr(self.journal.data, key, value)
+            self.journal.save()
+
+    def _clean_cache(self) -> None:
+        cache = self.config.cache_dir
+        with contextlib.suppress(OSError):
+            for entry in cache.iterdir():
+                if entry.is_file():
+                    entry.unlink()
+
+    # ------------------------------------------------------------------ reporting helpers
+    async def _up_to_date(self, current: str, data: JournalData) -> None:
+        if data.last_outcome is not None and data.last_outcome.state in ("rollback", "failed") and data.quarantine:
+            return  # keep the failure visible until the tag moves
+        status = self.telemetry.status
+        fields: dict[str, Any] = {"currentVersion": current, "targetVersion": None, "phase": Phase.IDLE.value, "progress": None, "reason": None}
+        announce = status.get("state") not in (State.COMPLETED.value, State.IDLE.value) or bool(status.get("lastError"))
+        if announce:
+            fields.update(state=State.COMPLETED.value, failureCount=0, lastError=None)
+        elif "state" not in status:
+            fields["state"] = State.IDLE.value
+        await self.telemetry.update_status(**fields)
+        if announce:
+            await self.telemetry.emit(Event.UP_TO_DATE, currentVersion=current)
+
+    async def _refused(self, target: PinnedVersion, reason: str, current: str) -> None:
+        changed = self.telemetry.status.get("reason") != reason
+        state = State.ROLLBACK.value if self.telemetry.status.get("state") == State.ROLLBACK.value else State.BLOCKED.value
+        await self.telemetry.update_status(state=state, targetVersion=None, reason=reason, quarantined=_quarantine_list(self.journal.data))
+        if changed:
+            await self.telemetry.emit(Event.REFUSED, reason, targetVersion=target.version, currentVersion=current)
+
+    async def _blocked(self, target: PinnedVersion, reason: str, current: str) -> None:
+        def gist(text: object) -> str:  # the same reason with other numbers (free MiB, hours) is not news
+            return re.sub(r"\d+(\.\d+)?", "#", str(text))
+
+        changed = gist(self.telemetry.status.get("reason")) != gist(reason) or self.telemetry.status.get("state") != State.BLOCKED.value
+        await self.telemetry.update_status(state=State.BLOCKED.value, targetVersion=target.version, reason=reason, phase=Phase.IDLE.value)
+        if changed:
+            await self.telemetry.emit(Event.BLOCKED, f"update deferred: {reason}", targetVersion=target.version, currentVersion=current, reason=reason)
+
+    async def _report_error(self, error: str, current: str) -> None:
+        if self.telemetry.status.get("lastError") != error:
+            count = int(self.telemetry.status.get("failureCount") or 0) + 1
+            await self.telemetry.update_status(state=State.FAILED.value, lastError=error, failureCount=count)
+            await self.telemetry.emit(Event.FAILED, error=error, currentVersion=current)
+
+    async def _warn_once(self, key: str, message: str) -> None:
+        seen = self.telemetry.status.get("warnings") or []
+        if message in seen:
+            return
+        self.telemetry.set_local(warnings=[*seen, message][-10:])
+        await self.telemetry.emit(Event.WARNING, message)
+
+    async def _probe_size(self, url: str) -> int:
+        resp = await self.downloader.http.head(url)
+        length = resp.headers.get("content-length")
+        if resp.status_code != 200 or not length or not length.isdigit():
+            raise UpdateFailed(f"cannot learn the image size (HTTP {resp.status_code}); download it and install the file")
+        return int(length)

@@ -1,0 +1,195 @@
+"""Pure decisions of a pass: results, what to resume, whether to install, how the image travels.
+
+Every function here is a pure function of its arguments, tested as tables without processes.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ota_daemon.config import PolicyConfig, Window
+from ota_daemon.errors import ConfigError
+from ota_daemon.model import PinnedVersion, SlotInfo, SourceKind
+from ota_daemon.state import JournalData, Phase
+
+# =========================================================================== results
+
+
+class Result(enum.StrEnum):
+    UP_TO_DATE = "up_to_date"
+    UPDATE_AVAILABLE = "update_available"  # dry run only
+    REBOOTING = "rebooting"  # installed; reboot requested
+    REBOOT_PENDING = "reboot_pending"  # installed; waiting for the reboot policy
+    COMPLETED = "completed"
+    ROLLED_BACK = "rollback"
+    FAILED = "failed"
+    BLOCKED = "blocked"  # deferred (window, inhibitor) or refused (downgrade, quarantine)
+
+
+EXIT_CODES = {
+    Result.UP_TO_DATE: 0,
+    Result.COMPLETED: 0,
+    Result.REBOOTING: 0,
+    Result.REBOOT_PENDING: 0,
+    Result.UPDATE_AVAILABLE: 3,
+    Result.FAILED: 1,
+    Result.ROLLED_BACK: 1,
+    Result.BLOCKED: 4,
+}
+
+
+@dataclass
+class PassResult:
+    result: Result
+    current_version: str | None = None
+    target_version: str | None = None
+    message: str = ""
+    target: dict[str, Any] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.result]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "result": self.result.value,
+            "exitCode": self.exit_code,
+            "currentVersion": self.current_version,
+            "targetVersion": self.target_version,
+            "message": self.message,
+            "target": self.target,
+        }
+
+
+# =========================================================================== pure decisions
+
+
+class Resume(enum.StrEnum):
+    NOTHING = "nothing"
+    ABANDON_DOWNLOAD = "abandon_download"  # crashed while downloading: nothing touched; start over (resumes)
+    ABANDON_INSTALL = "abandon_install"  # crashed while writing the slot: disarm it, start over
+    REQUEST_REBOOT = "request_reboot"  # installed, the reboot has not happened yet
+    WAIT_REBOOT = "wait_reboot"  # installed, the policy says someone else reboots
+    COMMIT = "commit"  # booted the target on trial: health gate, then commit
+    COMPLETE = "complete"  # booted the target and it is committed already
+    ROLLED_BACK = "rolled_back"  # after the reboot the old slot runs: the new one did not stick
+    ADOPT_TRIAL = "adopt_trial"  # no journal, but the booted slot is on trial: gate and commit it
+
+
+def resume_action(journal: JournalData, info: SlotInfo, *, reboot_policy: str) -> Resume:
+    """What a pass must finish before anything else, one case per phase."""
+    attempt = journal.attempt
+    match journal.phase:
+        case Phase.IDLE:
+            # A trial boot nobody journaled (journal lost, or an install by hand): gate it like ours.
+            return Resume.NOTHING if info.committed else Resume.ADOPT_TRIAL
+        case _ if attempt is None:
+            # An in-flight phase without an attempt cannot happen through this code; treat as lost.
+            return Resume.NOTHING if info.committed else Resume.ADOPT_TRIAL
+        case Phase.DOWNLOADING:
+            # No slot was touched. The partial file stays in the cache and the next attempt resumes it.
+            return Resume.ABANDON_DOWNLOAD
+        case Phase.INSTALLING:
+            # The inactive slot may be half written: it must not boot. Start the install again.
+            return Resume.ABANDON_INSTALL
+        case Phase.REBOOTING if attempt.boot_id == info.boot_id or (
+            not attempt.reboot_requested and info.booted != attempt.target_slot
+        ):
+            # Same boot as when the install finished, or a reboot that was not ours and did not
+            # try the new slot (tools that arm it only when we reboot): the trial is still to come.
+            if reboot_policy == "manual":
+                return Resume.WAIT_REBOOT
+            return Resume.REQUEST_REBOOT
+        case Phase.REBOOTING | Phase.COMMITTING if info.booted == attempt.target_slot:
+            # Running the new slot: gate and commit (idempotent) unless our commit went through
+            # already. Not from info.committed: RAUC cannot tell a trial boot from a good one.
+            return Resume.COMPLETE if attempt.committed else Resume.COMMIT
+        case Phase.REBOOTING | Phase.COMMITTING:
+            # Rebooted, but the old slot runs: the bootloader fell back, or we rolled back.
+            return Resume.ROLLED_BACK
+    return Resume.NOTHING  # pragma: no cover - every phase is matched above
+
+
+class Action(enum.StrEnum):
+    NONE = "none"
+    INSTALL = "install"
+    REFUSE = "refuse"
+    DEFER = "defer"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str = ""
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order: ``1.10.0 > 1.9.2``, ``build-20260401 > build-20251231``."""
+    parts: list[tuple[int, int | str]] = []
+    for chunk in re.findall(r"\d+|[A-Za-z]+", version):
+        parts.append((1, int(chunk)) if chunk.isdigit() else (0, chunk.lower()))
+    return tuple(parts)
+
+
+def in_windows(windows: list[Window] | None, when: datetime) -> bool:
+    """Inside any of the weekly windows (local time). No windows: always open."""
+    if not windows:
+        return True
+    now_t = when.time()
+    weekday = when.weekday()
+    for window in windows:
+        if window.start <= window.end:
+            if weekday in window.days and window.start <= now_t < window.end:
+                return True
+        else:  # crosses midnight: the day named is the day it opens
+            if weekday in window.days and now_t >= window.start:
+                return True
+            if (weekday - 1) % 7 in window.days and now_t < window.end:
+                return True
+    return False
+
+
+def decide(
+    *,
+    journal: JournalData,
+    current_version: str,
+    system_name: str | None,
+    target: PinnedVersion,
+    policy: PolicyConfig,
+    now_local: datetime,
+) -> Decision:
+    """Install, do nothing, refuse or defer: a pure function of its arguments."""
+    if target.version == current_version:
+        return Decision(Action.NONE, f"running {current_version}, the version behind {target.path}")
+    if target.system_name and system_name and target.system_name != system_name:
+        return Decision(Action.REFUSE, f"version {target.version} is built for system {target.system_name!r}, this is {system_name!r}")
+    entry = journal.quarantine.get(target.version)
+    if entry is not None:
+        return Decision(Action.REFUSE, f"version {target.version} is quarantined: {entry.reason} (clear with 'ota-daemon retry {target.version}')")
+    if not policy.allow_downgrade and version_key(target.version) < version_key(current_version):
+        return Decision(Action.REFUSE, f"version {target.version} is older than the running {current_version}; downgrades need policy.allow_downgrade")
+    if not in_windows(policy.install_window, now_local):
+        windows = ", ".join(w.text for w in policy.install_window or [])
+        return Decision(Action.DEFER, f"outside the install window ({windows})")
+    return Decision(Action.INSTALL, f"{current_version} -> {target.version}")
+
+
+def choose_mode(configured: str, kinds: frozenset[SourceKind], *, local: bool) -> SourceKind:
+    """How the image reaches the installer."""
+    if configured != "auto":
+        mode = SourceKind(configured)
+        if mode not in kinds:
+            valid = ", ".join(sorted(k.value for k in kinds))
+            raise ConfigError(f"download.mode: {configured!r} is not supported by this installer; valid: auto, {valid}")
+        return mode
+    if local and SourceKind.FILE in kinds:
+        return SourceKind.FILE
+    for mode in (SourceKind.FILE, SourceKind.STREAM, SourceKind.URL):
+        if mode in kinds:
+            return mode
+    raise ConfigError("the installer accepts no image source")  # pragma: no cover
+

@@ -1,0 +1,279 @@
+"""The install half of a pass: pin the version, acquire the image, install, request the reboot."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ota_daemon.config import Config, apply_overlay
+from ota_daemon.download import local_path
+from ota_daemon.engine.decisions import PassResult, Result, choose_mode, in_windows
+from ota_daemon.engine.endings import Endings
+from ota_daemon.engine.util import _bundle_hash, _target_summary
+from ota_daemon.errors import HubError, NoSpace, OtaError, TransientError, UpdateFailed
+from ota_daemon.hooks import HookDecision, HookPoint
+from ota_daemon.model import (
+    Asset,
+    FileSource,
+    InstallSource,
+    PinnedVersion,
+    SlotInfo,
+    SourceKind,
+    StreamSource,
+    UrlSource,
+    VersionDocument,
+)
+from ota_daemon.redact import redact_url
+from ota_daemon.state import AssetRef, Attempt, Phase, atomic_write, new_attempt_id
+from ota_daemon.telemetry import Event, State
+
+
+class InstallHalf(Endings):
+    """Pinning the version, acquiring the image, installing it and asking for the reboot."""
+
+    # ------------------------------------------------------------------ pinning
+    async def pin(self, document: VersionDocument, *, path: str, system_name: str | None, config: Config) -> PinnedVersion:
+        """Choose the image asset and the version to compare, from the one resolved document."""
+        system = system_name or "system"
+        ext = self.installer.image_ext
+        image_name = config.hub.image_asset.format(system=system, ext=ext)
+        image = document.asset(image_name)
+        if image is None:
+            # a version may still be uploading: do not trust a cached copy of it next time
+            invalidate = getattr(self.hub, "invalidate", None)
+            if callable(invalidate):
+                invalidate(document.version_id)
+            names = ", ".join(a.filename for a in document.assets) or "none"
+            raise HubError(f"version {document.version_id} at {path!r} has no asset {image_name!r} (has: {names})")
+        if image.size > config.download.max_image_size:
+            raise HubError(
+                f"asset {image_name!r} of version {document.version_id} claims {image.size} bytes, more than "
+                f"download.max_image_size ({config.download.max_image_size}); refused"
+            )
+        if image.status not in (None, "Available"):
+            raise HubError(f"asset {image_name!r} of version {document.version_id} is {image.status}, not Available")
+        version: str | None = None
+        source = "imageVersion"
+        built_for: str | None = None
+        info_name = config.hub.build_info_asset.format(system=system, ext=ext)
+        info_asset = document.asset(info_name)
+        if info_asset is not None:
+            build = await self._build_info(document, info_asset)
+            release = build.get("release")
+            if isinstance(release, dict) and isinstance(release.get("version"), str) and release["version"]:
+                version, source = release["version"], "build-info"
+            if isinstance(build.get("name"), str):
+                built_for = build["name"]
+        if version is None:
+            meta = document.metadata.get("imageVersion")
+            if isinstance(meta, str) and meta.strip():
+                version = meta.strip()
+        if version is None:
+            raise HubError(
+                f"version {document.version_id} at {path!r} names no version: no {info_name!r} asset with release.version "
+                "and no metadata.imageVersion"
+            )
+        if len(version) > 128 or not version.strip() or any(c == "/" or (c.isspace() and c != " ") or not c.isprintable() for c in version):
+            raise HubError(f"version {document.version_id} at {path!r}: version string {version[:40]!r}… is not usable")
+        return PinnedVersion(path=path, document=document, version=version, image=image, version_source=source, system_name=built_for)
+
+    async def _build_info(self, document: VersionDocument, asset: Asset) -> dict[str, Any]:
+        cache = self.journal.dir / "build-info-cache.json"
+        cached: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            loaded = json.loads(cache.read_text())
+            cached = loaded if isinstance(loaded, dict) else {}
+        hit = cached.get(asset.digest)
+        if isinstance(hit, dict):
+            return hit
+
+        raw = await self.downloader.fetch_bytes(url=self._url_provider(document, asset), asset=asset, limit=64 * 1024)
+        try:
+            build = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise HubError(f"{asset.filename}: not valid JSON (or nested too deeply)") from None
+        if not isinstance(build, dict):
+            raise HubError(f"{asset.filename}: expected a JSON object")
+        cached = {asset.digest: build, **dict(list(cached.items())[:15])}
+        atomic_write(cache, json.dumps(cached).encode())
+        return build
+
+    # ------------------------------------------------------------------ the install half
+    async def _effective_config(self) -> Config:
+        try:
+            overlay = await self.hub.read_config()
+        except HubError as exc:
+            overlay = None
+            await self._warn_once("config-property", f"hub config property unreadable: {exc}; local config in force")
+        config, problems = apply_overlay(self.config, overlay)
+        self._overlay_flags = {k: overlay.get(k) for k in ("retryFailed",)} if isinstance(overlay, dict) else {}
+        for problem in problems:
+            await self._warn_once(f"overlay:{problem}", problem)
+        self.effective = config
+        publish = {"path": config.hub.path}
+        if self.config.installer.kind == "rugix":
+            publish["rugix"] = {"useBundleHash": self.config.installer.rugix.use_bundle_hash}  # type: ignore[assignment]
+        await self.telemetry.update_status(config=publish)
+        return config
+
+    def _url_provider(self, document: VersionDocument, asset: Asset) -> Callable[[], Awaitable[str]]:
+        """Issues (and re-issues) the asset's URL; plain http only with hub.allow_insecure."""
+
+        async def provide() -> str:
+            local = bool((document.__pydantic_extra__ or {}).get("local")) and asset.url
+            url = asset.url if local and asset.url else await self.hub.issue_url(document, asset)
+            if url.lower().startswith("http://") and not self.config.hub.allow_insecure:
+                raise HubError(
+                    f"asset {asset.filename!r}: the hub gave a plain http:// URL ({redact_url(url)}); "
+                    "refused without hub.allow_insecure = true in the local config"
+                )
+            return url
+
+        return provide
+
+    def _cache_file(self, asset: Asset) -> Path:
+        return self.config.cache_dir / f"{asset.digest}.{self.installer.image_ext}"
+
+    async def _download(self, target: PinnedVersion, document: VersionDocument, *, quiet: bool = False) -> Path:
+        if not quiet:
+            await self.telemetry.emit(Event.DOWNLOADING, size=target.image.size, targetVersion=target.version)
+        self.telemetry.reset_progress()
+        path = await self.downloader.to_file(
+            url=self._url_provider(document, target.image),
+            asset=target.image,
+            dest=self._cache_file(target.image),
+            progress=self.telemetry.progress,
+        )
+        await self.telemetry.emit(Event.DOWNLOADED, targetVersion=target.version)
+        return path
+
+    async def _install(
+        self,
+        target: PinnedVersion,
+        document: VersionDocument,
+        info: SlotInfo,
+        current: str,
+        config: Config,
+        *,
+        source_kind: str = "hub",
+    ) -> PassResult:
+        attempt = Attempt(
+            id=new_attempt_id(),
+            target_version=target.version,
+            version_id=target.version_id,
+            path=target.path,
+            image=AssetRef(filename=target.image.filename, size=target.image.size, digest=target.image.digest, asset_id=target.image.asset_id),
+            from_version=current,
+            from_slot=info.booted,
+            started_at=self.clock.now(),
+            bundle_hash=_bundle_hash(target.image) if config.installer.kind == "rugix" and config.installer.rugix.use_bundle_hash else None,
+            source=source_kind,
+        )
+        if config.installer.kind == "rugix" and config.installer.rugix.use_bundle_hash and not attempt.bundle_hash:
+            raise HubError(f"asset {target.image.filename!r} has no metadata.rugix.bundleHash, and installer.rugix.use_bundle_hash is set")
+        structlog.contextvars.bind_contextvars(attempt_id=attempt.id)
+        report = await self._hooks(HookPoint.PRE_INSTALL, attempt, current, info.booted, info.other(info.booted))
+        if report.decision is HookDecision.DEFER:
+            reason = await self._defer_capped("pre-install", target.version, report.reason, config)
+            if reason is not None:
+                await self._blocked(target, reason, current)
+                return PassResult(Result.BLOCKED, current, target.version, reason, _target_summary(target))
+        elif report.decision is HookDecision.FAIL:
+            return await self._failed(attempt, report.reason, current, detail=report.deciding.output_tail if report.deciding else None)
+        is_local = local_path(target.image.url or "") is not None if source_kind == "local" else False
+        mode = choose_mode(config.download.mode, self.installer.source_kinds, local=is_local)
+        # a pass that finds the same update still blocked (no space, a window, a lease) says
+        # nothing new until something changes
+        quiet = self.telemetry.status.get("state") == State.BLOCKED.value and self.telemetry.status.get("targetVersion") == target.version
+        if not quiet:
+            await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
+            await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.DOWNLOADING.value, progress=0, reason=None)
+        try:
+            source: InstallSource
+            if mode is SourceKind.FILE:
+                count = self.journal.transition(Phase.DOWNLOADING, attempt=attempt)
+                self._loop_guard(Phase.DOWNLOADING, count)
+                path = await self._download(target, document, quiet=quiet)
+                source = FileSource(path)
+            elif mode is SourceKind.STREAM:
+                source = StreamSource(
+                    self.downloader.stream(url=self._url_provider(document, target.image), asset=target.image, progress=self.telemetry.progress),
+                    size=target.image.size,
+                )
+            else:
+                source = UrlSource(await self._url_provider(document, target.image)(), size=target.image.size, sha256=target.image.sha256)
+            count = self.journal.transition(Phase.INSTALLING, attempt=attempt)
+            self._loop_guard(Phase.INSTALLING, count)
+            await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.INSTALLING.value, progress=0, reason=None)
+            await self.telemetry.emit(Event.INSTALLING, targetVersion=target.version, mode=mode.value, fromSlot=info.booted)
+            self.telemetry.reset_progress()
+            try:
+                outcome = await self.installer.install(source, progress=self.telemetry.progress, version=target.version, bundle_hash=attempt.bundle_hash)
+            except BaseException:
+                # whatever happened, the half-written slot must not boot
+                with contextlib.suppress(OtaError, OSError):
+                    await self.installer.mark_bad(info.other(info.booted))
+                raise
+        except TransientError as exc:
+            # nothing counted against the version: the next pass resumes (partial download kept);
+            # a pass that ended by itself is no crash, so the loop guard starts over
+            self._forget_entries(target.version)
+            self._end_attempt()
+            await self.telemetry.update_status(state=State.FAILED.value, lastError=str(exc), phase=Phase.IDLE.value)
+            raise
+        except NoSpace as exc:
+            # the device, not the version: wait (blocked) and try again next pass
+            self._forget_entries(target.version)
+            self._end_attempt()
+            await self._blocked(target, str(exc), current)
+            return PassResult(Result.BLOCKED, current, target.version, str(exc), _target_summary(target))
+        except UpdateFailed as exc:
+            return await self._failed(attempt, str(exc), current, detail=exc.detail)
+        except HubError as exc:  # an unusable instruction in the pinned document (a bad asset URL)
+            return await self._failed(attempt, str(exc), current)
+        attempt.target_slot = outcome.target_slot
+        attempt.boot_id = info.boot_id
+        self.journal.transition(Phase.REBOOTING, attempt=attempt)
+        await self._hooks(HookPoint.POST_INSTALL, attempt, current, attempt.from_slot, attempt.target_slot)
+        return await self._reboot(attempt, current, config)
+
+    async def _reboot_gate(self, attempt: Attempt, current: str, config: Config) -> PassResult | None:
+        """Policy, inhibitors and pre-reboot hooks: a REBOOT_PENDING result when the reboot must wait."""
+        policy = config.policy.reboot
+        reason: str | None = None
+        if policy == "manual":
+            reason = "reboot policy 'manual': waiting for 'ota-daemon reboot' or a reboot by someone else"
+        elif policy == "window" and not in_windows(config.policy.reboot_window, datetime.fromtimestamp(self.clock.now())):
+            windows = ", ".join(w.text for w in config.policy.reboot_window or [])
+            reason = f"outside the reboot window ({windows})"
+        if reason is None:
+            reason = await self._deferred("reboot", attempt.id, config)
+        if reason is None:
+            report = await self._hooks(HookPoint.PRE_REBOOT, attempt, current, attempt.from_slot, attempt.target_slot)
+            if report.decision is not HookDecision.OK:
+                reason = await self._defer_capped("pre-reboot", attempt.id, report.reason, config)
+        if reason is None:
+            return None
+        await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value, progress=100, reason=reason)
+        await self.telemetry.emit(Event.REBOOT_PENDING, f"update installed, reboot deferred: {reason}", key=f"{attempt.id}:reboot_pending:{reason}", targetVersion=attempt.target_version, reason=reason)
+        return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"installed {attempt.target_version} into slot {attempt.target_slot}; {reason}")
+
+    async def _reboot(self, attempt: Attempt, current: str, config: Config, *, gated: bool = False) -> PassResult:
+        if not gated:
+            waiting = await self._reboot_gate(attempt, current, config)
+            if waiting is not None:
+                return waiting
+        attempt.reboot_requested = True
+        self.journal.save()
+        await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value, progress=100)
+        await self.telemetry.emit(Event.REBOOTING, targetVersion=attempt.target_version, targetSlot=attempt.target_slot)
+        await self.telemetry.flush()
+        await self.installer.reboot(spare=True)
+        return PassResult(Result.REBOOTING, current, attempt.target_version, f"installed {attempt.target_version} into slot {attempt.target_slot}; rebooting")
+

@@ -1,0 +1,114 @@
+"""The post-reboot half of a pass: resume what a reboot or crash interrupted, and commit."""
+
+from __future__ import annotations
+
+import contextlib
+
+import structlog
+
+from ota_daemon.engine.decisions import PassResult, Result, Resume, resume_action
+from ota_daemon.engine.install import InstallHalf
+from ota_daemon.errors import HealthCheckFailed, OtaError, UpdateFailed
+from ota_daemon.hooks import HookPoint
+from ota_daemon.model import SlotInfo
+from ota_daemon.state import AssetRef, Attempt, JournalData, Phase, new_attempt_id
+from ota_daemon.telemetry import Event, State
+
+
+class PostReboot(InstallHalf):
+    """Finishing what a reboot or a crash interrupted: commit, report a rollback, reboot again."""
+
+    # ------------------------------------------------------------------ the post-reboot half
+    async def _resume(self, data: JournalData, info: SlotInfo, current: str, *, dry_run: bool) -> PassResult | None:
+        action = resume_action(data, info, reboot_policy=(self.effective or self.config).policy.reboot)
+        attempt = data.attempt
+        if action is Resume.NOTHING:
+            return None
+        if dry_run and action not in (Resume.WAIT_REBOOT,):
+            return PassResult(Result.UP_TO_DATE, current, attempt.target_version if attempt else None, f"pending: {action.value} (not acted on in a dry run)")
+        structlog.contextvars.bind_contextvars(attempt_id=attempt.id if attempt else None)
+        match action:
+            case Resume.ABANDON_DOWNLOAD:
+                self._end_attempt()
+                return None
+            case Resume.ABANDON_INSTALL:
+                assert attempt is not None
+                with contextlib.suppress(OtaError):
+                    await self.installer.mark_bad(info.other(attempt.from_slot))
+                # the next try goes through the loop guard; keep the count
+                self._end_attempt()
+                return None
+            case Resume.WAIT_REBOOT:
+                assert attempt is not None
+                return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"{attempt.target_version} installed in slot {attempt.target_slot}; waiting for a reboot")
+            case Resume.REQUEST_REBOOT:
+                assert attempt is not None
+                config = self.effective or self.config
+                waiting = await self._reboot_gate(attempt, current, config)
+                if waiting is not None:
+                    return waiting  # a deferred reboot is no crash loop: not counted
+                count = self.journal.transition(Phase.REBOOTING)
+                if count > self.config.policy.max_phase_entries + 1:
+                    return await self._failed(attempt, f"the reboot into slot {attempt.target_slot} was requested {count - 1} times and never happened", current)
+                return await self._reboot(attempt, current, config, gated=True)
+            case Resume.COMMIT:
+                assert attempt is not None
+                return await self._commit(attempt, info, current)
+            case Resume.COMPLETE:
+                assert attempt is not None
+                return await self._complete(attempt, current)
+            case Resume.ROLLED_BACK:
+                assert attempt is not None
+                return await self._rolled_back(attempt, info, current)
+            case Resume.ADOPT_TRIAL:
+                attempt = self._adopted_attempt(info, current)
+                self.journal.data.attempt = attempt
+                self.journal.transition(Phase.INSTALLING)
+                self.journal.transition(Phase.REBOOTING)
+                await self.telemetry.emit(Event.WARNING, f"slot {info.booted} is on trial with no journaled attempt; gating and committing it", slot=info.booted)
+                return await self._commit(attempt, info, current)
+        return None  # pragma: no cover
+
+    def _adopted_attempt(self, info: SlotInfo, current: str) -> Attempt:
+        return Attempt(
+            id=new_attempt_id(),
+            target_version=current,
+            version_id="adopted",
+            path="local",
+            image=AssetRef(filename="unknown", size=0, digest="sha256_" + "0" * 64),
+            from_version=None,
+            from_slot=info.primary,
+            target_slot=info.booted,
+            started_at=self.clock.now(),
+            boot_id=None,
+            source="adopted",
+        )
+
+    async def _commit(self, attempt: Attempt, info: SlotInfo, current: str, *, run_health: bool = True) -> PassResult:
+        count = self.journal.transition(Phase.COMMITTING, attempt=attempt)
+        await self.telemetry.update_status(state=State.COMMITTING.value, phase=Phase.COMMITTING.value, targetVersion=attempt.target_version, attemptId=attempt.id)
+        await self.telemetry.emit(Event.COMMITTING, key=f"{attempt.id}:committing", activeGroup=info.booted, defaultGroup=info.primary)
+        try:
+            self._loop_guard(Phase.COMMITTING, count)
+            if attempt.source != "adopted" and current != attempt.target_version and not self.config.system.version:
+                raise HealthCheckFailed(
+                    f"the new slot runs version {current}, expected {attempt.target_version}", check="version"
+                )
+            if run_health and self.health is not None:
+                await self.health.run()
+            await self.installer.commit()
+            attempt.committed = True
+            self.journal.save()
+        except UpdateFailed as exc:
+            check = exc.check if isinstance(exc, HealthCheckFailed) else None
+            attempt.failure = str(exc)
+            self.journal.save()
+            await self.telemetry.emit(Event.HEALTH_CHECK_FAILED if check else Event.FAILED, str(exc), key=f"{attempt.id}:gate", check=check, error=str(exc), output=exc.detail)
+            with contextlib.suppress(OtaError):
+                await self.installer.mark_bad(info.booted)
+            await self._hooks(HookPoint.ON_FAILURE, attempt, current, attempt.from_slot, attempt.target_slot)
+            await self.telemetry.flush()
+            await self.installer.reboot(spare=False)
+            return PassResult(Result.ROLLED_BACK, current, attempt.target_version, f"{exc}; rolling back to slot {attempt.from_slot}")
+        return await self._complete(attempt, current)
+
