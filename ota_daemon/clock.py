@@ -1,5 +1,15 @@
 """Time as a parameter: the engine, daemon, downloads and health checks never read the
-real clock directly, so tests run without sleeping."""
+real clock directly, so tests run without sleeping.
+
+Two kinds of time, never mixed:
+
+- ``now()``: wall-clock time, for what a person reads (event times, windows in local time).
+  It jumps: a device without an RTC boots at 1970 or days slow and NTP corrects it later.
+- ``monotonic()``: seconds since boot including suspend (``CLOCK_BOOTTIME``), with
+  ``boot_id()`` naming the boot. Every *duration* is measured with it; across reboots
+  :mod:`ota_daemon.elapsed` sums it into a persisted counter. Never subtract ``now()``
+  readings to measure a duration.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +24,41 @@ class Clock(Protocol):
         """Wall-clock time, seconds since the epoch."""
         ...
 
-    def monotonic(self) -> float: ...
+    def monotonic(self) -> float:
+        """Seconds since this boot, suspend included; never goes back within a boot."""
+        ...
+
+    def boot_id(self) -> str:
+        """Names the current boot (a new value after every reboot)."""
+        ...
 
     async def sleep(self, seconds: float) -> None: ...
 
 
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
 class SystemClock:
+    def __init__(self) -> None:
+        self._boot_id: str | None = None
+
     def now(self) -> float:
         return time.time()
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        try:
+            return time.clock_gettime(time.CLOCK_BOOTTIME)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return time.monotonic()
+
+    def boot_id(self) -> str:
+        if self._boot_id is None:
+            try:
+                with open(BOOT_ID_FILE) as fh:
+                    self._boot_id = fh.read().strip() or "unknown"
+            except OSError:  # pragma: no cover - not Linux
+                self._boot_id = "unknown"
+        return self._boot_id
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -36,6 +70,7 @@ class FakeClock:
     def __init__(self, start: float = 1_780_000_000.0) -> None:
         self._now = start
         self._mono = 1000.0
+        self._boot = 1
         self.slept: list[float] = []
 
     def now(self) -> float:
@@ -44,9 +79,26 @@ class FakeClock:
     def monotonic(self) -> float:
         return self._mono
 
+    def boot_id(self) -> str:
+        return f"fake-boot-{self._boot}"
+
     def advance(self, seconds: float) -> None:
         self._now += seconds
         self._mono += seconds
+
+    def jump(self, seconds: float) -> None:
+        """The wall clock alone moves (NTP corrects it, or an RTC-less boot starts at 1970)."""
+        self._now += seconds
+
+    def set_wall(self, when: float) -> None:
+        self._now = when
+
+    def reboot(self, *, off_for: float = 0.0, wall: float | None = None) -> None:
+        """A reboot: a new boot id, time since boot starts again; the wall clock moves by
+        ``off_for`` (the time powered off), or restarts at ``wall`` (no RTC)."""
+        self._boot += 1
+        self._mono = 5.0
+        self._now = wall if wall is not None else self._now + off_for
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)

@@ -1,7 +1,11 @@
 """``ota-daemon run``: the poll loop, signals, sd_notify and the watchdog.
 
-- Polls every ``poll.interval`` plus a random ``poll.jitter``; a pass that fails transiently
+- Polls every ``poll.interval`` plus a random ``poll.jitter`` — the *effective* values of the
+  last pass, so the hub's ``pollInterval``/``pollJitter`` hold; a pass that fails transiently
   is retried with exponential backoff and jitter, capped at the interval.
+- Waits are measured on the monotonic clock (time since boot), never by subtracting wall-clock
+  readings: NTP moving the wall clock by days neither skips nor stretches a wait. The wall
+  clock only names the next check for people.
 - SIGUSR1 checks now; SIGHUP reloads the configuration (a bad new file is reported and the old
   one stays in force); SIGTERM/SIGINT stop cleanly: a running pass is awaited through
   ``asyncio.shield`` (an install is never cancelled halfway), then STOPPING=1.
@@ -85,7 +89,12 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.reload_requested = False
         self.failures = 0
+        #: when the next pass is due, on the monotonic clock
+        self.due: float | None = None
+        #: the same moment on the wall clock, for people (status line, ``nextCheck``)
         self.next_check: float | None = None
+        #: the configuration of the last pass (local ⊕ the hub's overlay): poll interval and jitter
+        self.effective: Config = self.config
         self.current: asyncio.Task[PassResult] | None = None
         self.last_status = ""
         self.passes = 0
@@ -116,6 +125,7 @@ class Daemon:
         self.notifier.notify("RELOADING=1")
         try:
             self.config = load_config(self.config_path)
+            self.effective = self.config  # the next pass applies the hub's overlay again
         except ConfigError as exc:
             log.error("configuration reload failed; keeping the previous one", error=str(exc))
         else:
@@ -145,9 +155,10 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.install_signal_handlers(loop)
-        self.next_check = self.clock.now() + self.config.poll.initial_delay
+        self.schedule(self.config.poll.initial_delay)
         self.notifier.notify("READY=1")
-        self.set_status(f"starting, first check {datetime.fromtimestamp(self.next_check).strftime('%H:%M:%S')}")
+        first = self.clock.now() + self.config.poll.initial_delay
+        self.set_status(f"starting, first check {datetime.fromtimestamp(first).strftime('%H:%M:%S')}")
         async with asyncio.TaskGroup() as group:
             watchdog = group.create_task(self.watchdog())
             await self.poll_loop()
@@ -175,22 +186,26 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    def schedule(self, delay: float) -> None:
+        """The next pass in ``delay`` seconds (monotonic), shown as a wall-clock time."""
+        self.due = self.clock.monotonic() + delay
+        self.next_check = self.clock.now() + delay
+
     async def poll_loop(self) -> None:
         while not self.stopping.is_set():
-            assert self.next_check is not None
-            await self._wait(self.next_check - self.clock.now())
+            assert self.due is not None
+            await self._wait(self.due - self.clock.monotonic())
             if self.stopping.is_set():
                 break
             if self.reload_requested:
                 self.reload()
-                if not self.wake.is_set() and self.clock.now() < self.next_check:
+                if not self.wake.is_set() and self.clock.monotonic() < self.due:
                     continue
             delay = await self.one_pass()
-            self.next_check = self.clock.now() + delay
+            self.schedule(delay)
 
     async def one_pass(self) -> float:
         """Run a pass (shielded from cancellation); return the delay until the next one."""
-        interval = self.config.poll.interval
         self.current = asyncio.ensure_future(self._pass())
         try:
             result = await asyncio.shield(self.current)
@@ -204,12 +219,12 @@ class Daemon:
             return 0.0
         except LockHeld as exc:
             log.warning("pass skipped", reason=str(exc))
-            return min(interval, 60.0)
+            return min(self.effective.poll.interval, 60.0)
         except TransientError as exc:
             self.failures += 1
-            delay = backoff_delay(self.failures, interval=interval, rng=self.rng)
+            delay = backoff_delay(self.failures, interval=self.effective.poll.interval, rng=self.rng)
             if exc.retry_after:
-                delay = max(delay, min(interval, exc.retry_after))
+                delay = max(delay, min(self.effective.poll.interval, exc.retry_after))
             log.warning("pass failed transiently; backing off", error=str(exc), retry_in=round(delay, 3))
             self.set_status(f"hub unavailable, retry in {delay:.0f}s")
             return delay
@@ -217,7 +232,7 @@ class Daemon:
             self.failures += 1
             log.error("pass failed", error=str(exc))
             self.set_status(f"error: {str(exc)[:100]}")
-            return backoff_delay(self.failures, interval=interval, rng=self.rng)
+            return backoff_delay(self.failures, interval=self.effective.poll.interval, rng=self.rng)
         finally:
             self.current = None
         self.failures = 0
@@ -225,8 +240,8 @@ class Daemon:
         if result.result in (Result.REBOOTING, Result.COMPLETED) or result.result is Result.ROLLED_BACK:
             # after a reboot request (or a finished attempt) look again soon: the post-reboot
             # half runs in the next pass if this process survives the reboot (simulated devices)
-            return min(interval, 5.0)
-        return interval + self.rng.uniform(0, self.config.poll.jitter)
+            return min(self.effective.poll.interval, 5.0)
+        return self.effective.poll.interval + self.rng.uniform(0, self.effective.poll.jitter)
 
     async def _pass(self) -> PassResult:
         from ota_daemon.app import open_engine
@@ -243,9 +258,11 @@ class Daemon:
                 try:
                     result = await engine.reconcile()
                 finally:
+                    if engine.effective is not None:
+                        self.effective = engine.effective
                     with contextlib.suppress(OtaError):
                         await engine.telemetry.flush()
-                interval = self.config.poll.interval
+                interval = self.effective.poll.interval
                 upcoming = self.clock.now() + (min(interval, 5.0) if result.result is Result.REBOOTING else interval)
                 self.next_check = upcoming
                 engine.telemetry.set_local(nextCheck=datetime.fromtimestamp(upcoming).isoformat(timespec="seconds"))

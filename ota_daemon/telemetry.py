@@ -154,6 +154,8 @@ class Telemetry:
         self.status: dict[str, Any] = _read_json(self.status_path) or {}
         self._published: dict[str, Any] | None = _read_json(self.hub_status_path)
         self._progress_marks: dict[str, float] = {}
+        #: the hub refused the status write for good in this process: try again next pass
+        self._status_refused = False
         self.progress_listeners: list[ProgressListener] = []
         self.status_listeners: list[StatusListener] = []
         self.context: dict[str, Any] = {}
@@ -241,7 +243,7 @@ class Telemetry:
                 # the hub refuses these events for good: drop them rather than block the spool
                 log.error("hub refused spooled events; dropped", error=str(exc))
                 self.spool_path.unlink(missing_ok=True)
-        if ok and self._hub_view() != self._published:
+        if ok and not self._status_refused and self._hub_view() != self._published:
             ok = await self._publish_status()
         return ok
 
@@ -290,6 +292,9 @@ class Telemetry:
         atomic_write(self.status_path, json.dumps(redact_value(self.status), indent=1, sort_keys=True).encode(), mode=0o644)
 
     async def _publish_status(self) -> bool:
+        """Write the status to the hub. Never raises: reporting never stands between the device
+        and its update. A passing fault is retried at the next flush; a refusal (a protected
+        property, no permission) at the next pass, warned about once until a write succeeds."""
         assert self.hub is not None
         view = redact_value(self._hub_view())
         try:
@@ -297,8 +302,24 @@ class Telemetry:
         except TransientError as exc:
             log.warning("status not published; hub unavailable", error=str(exc))
             return False
+        except OtaError as exc:
+            self._status_refused = True
+            reason = redact_text(str(exc))[:300]
+            if self.status.get("statusRefused") is None:
+                self.set_local(statusRefused=reason)
+                await self.emit(
+                    Event.WARNING,
+                    f"the hub refused the status write; updates go on, the status stays local until it is accepted: {reason}",
+                    problem="status",
+                )
+            else:
+                log.info("status still refused by the hub", error=reason)
+            return False
         self._published = view
         atomic_write(self.hub_status_path, json.dumps(view, sort_keys=True).encode())
+        if self.status.get("statusRefused") is not None:
+            self.status.pop("statusRefused", None)
+            self._write_local()
         return True
 
     def recent_events(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -252,3 +252,5 @@ async def test_daemon_survives_a_hub_outage_of_days(world: SimWorld, clock: Fake
     await asyncio.wait_for(daemon.run(), 120)
     assert daemon.failures >= 1030
     assert all(s <= 60 for s in clock.slept)
+
+
