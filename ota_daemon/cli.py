@@ -65,11 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--image-version", dest="image_version", required=True, help="version of the release (imageVersion)")
     pub.add_argument("--system", help="system name: adds <system>.build-info.json")
     pub.add_argument("--tag", action="append", default=[], help="another floating tag to point at it")
+    pub.add_argument("--keys", type=Path, help="signed repository: folder of the signing keys")
     pub.add_argument("files", nargs="+", help="FILE or NAME=FILE")
     tag = repo.add_parser("tag", help="point a tag at a version")
     tag.add_argument("root", type=Path)
     tag.add_argument("path", help="repository/package/tag")
     tag.add_argument("target", help="version id or version string")
+    from ota_daemon.signing.cli import add_commands as add_signed_commands
+
+    add_signed_commands(repo)
 
     sim = sub.add_parser("sim", help="simulated device tools (tests, rig)").add_subparsers(dest="sim_command", required=True, parser_class=_Parser)
     create = sim.add_parser("create", help="create a simulated device")
@@ -242,12 +246,18 @@ async def _with_engine(args: argparse.Namespace, command: str, out: TextIO) -> i
 
 def _repo(args: argparse.Namespace, out: TextIO) -> int:
     from ota_daemon.repo import move_tag, publish
+    from ota_daemon.signing import cli as signed
 
+    if args.repo_command in signed.COMMANDS:
+        return signed.run(args, out)
+    signed.refuse_unsigned(args)
     if args.repo_command == "publish":
         files = []
         for item in args.files:
             name, sep, file = item.partition("=")
             files.append((name, Path(file)) if sep else (Path(item).name, Path(item)))
+        if args.keys is not None:
+            return signed.signed_publish(args, files, out)
         published = publish(args.root, args.path, version=args.image_version, files=files, system=args.system, extra_tags=args.tag)
         out.write(f"published {args.image_version} as {published.version_id}; {args.path} -> it\n")
     else:

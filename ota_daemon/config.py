@@ -170,6 +170,12 @@ class HubConfig(_Section):
     image_asset: str = "{system}.{ext}"
     build_info_asset: str = "{system}.build-info.json"
     timeout: Duration = 30.0
+    verify: Literal["none", "tuf"] = Field(
+        default="none",
+        description="'tuf': install only releases verified by signed TUF metadata (local config only; never falls back to unsigned)",
+    )
+    trusted_root: Path = Field(default=Path("/etc/ota-daemon/trusted-root.json"), description="with verify = 'tuf': the pinned root metadata")
+    device_id: str | None = Field(default=None, description="with verify = 'tuf': this device's id for staged rollouts; default: /etc/machine-id")
     # nexigon
     agent_socket: Path = Path("/run/nexigon/agent/control/socket.sock")
     agent_bin: str = "nexigon-agent"

@@ -95,6 +95,20 @@ class VersionDocument(BaseModel):
 
 
 @dataclass(frozen=True)
+class ReleaseGate:
+    """What a hub that verifies signed metadata adds to a version (no gate: an unsigned hub).
+
+    The engine compares ``release`` (a signed, monotonic counter), not version strings, for
+    downgrades; ``rollback`` marks going back to an older release as intended by the signers;
+    ``hold`` is a reason to wait without installing (a staged rollout, a halt).
+    """
+
+    release: int
+    rollback: bool = False
+    hold: str | None = None
+
+
+@dataclass(frozen=True)
 class PinnedVersion:
     """A tag resolved once: everything later in the pass uses this, never the tag again."""
 

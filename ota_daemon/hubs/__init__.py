@@ -15,11 +15,20 @@ if TYPE_CHECKING:
 def _static(**kwargs: Any) -> Hub:
     from ota_daemon.hubs.static import StaticHub
 
+    if kwargs["config"].hub.verify == "tuf":
+        from ota_daemon.signing.hub import SignedStaticHub
+
+        return SignedStaticHub.from_config(**kwargs)
+
     return StaticHub.from_config(**kwargs)
 
 
 def _nexigon(**kwargs: Any) -> Hub:
+    from ota_daemon.errors import ConfigError
     from ota_daemon.hubs.nexigon import NexigonHub
+
+    if kwargs["config"].hub.verify == "tuf":
+        raise ConfigError("hub.verify = 'tuf': signed metadata is verified with hub.kind = 'static' only (not yet through Nexigon)")
 
     hub: Hub = NexigonHub.from_config(**kwargs)
     return hub

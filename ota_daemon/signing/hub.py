@@ -1,0 +1,201 @@
+"""The static hub with ``hub.verify = "tuf"``: the version document is built from verified,
+signed metadata only — never from an unsigned file, and never falling back to one.
+
+``resolve`` runs TUF's workflow (:mod:`.verify`), then:
+
+- refuses a release whose signed counter is below the highest this device committed, unless
+  the signed tag marks it as an intended rollback;
+- evaluates the signed rollout schedule and the halt flag, handing a reason to wait to the
+  engine as the version's :class:`~ota_daemon.model.ReleaseGate` ``hold``;
+- returns a document whose assets carry the signed length and sha256 (and the installer's
+  pin), so the downloader checks every image byte against signed data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urljoin
+
+import httpx
+
+from ota_daemon.clock import Clock, SystemClock
+from ota_daemon.errors import ConfigError
+from ota_daemon.hubs.static import StaticHub
+from ota_daemon.model import Asset, ReleaseGate, VersionDocument
+from ota_daemon.signing.rollout import evaluate
+from ota_daemon.signing.verify import (
+    DeviceVerifier,
+    SignatureRefused,
+    VerifiedRelease,
+    system_clock_synchronised,
+)
+from ota_daemon.state import atomic_write
+
+MACHINE_ID = Path("/etc/machine-id")
+
+
+class ReleaseFloor:
+    """The highest release counter this device committed, per repository (state directory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._value: int | None = None
+
+    @property
+    def value(self) -> int:
+        if self._value is None:
+            try:
+                data = json.loads(self.path.read_bytes())
+                raw = data.get("release") if isinstance(data, dict) else None
+                self._value = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else 0
+            except (OSError, ValueError):
+                self._value = 0
+        return self._value
+
+    def raise_to(self, release: int, version: str) -> bool:
+        """Keep ``release`` if it is higher; True when that wrote the file."""
+        if release <= self.value:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self.path, json.dumps({"release": release, "version": version}).encode())
+        self._value = release
+        return True
+
+
+class SignedStaticHub:
+    kind: ClassVar[str] = "static"
+
+    def __init__(
+        self,
+        *,
+        inner: StaticHub,
+        state_dir: Path,
+        trusted_root: Path,
+        device_id: str,
+        http: httpx.AsyncClient | None,
+        clock: Clock,
+        clock_synchronised: Any = system_clock_synchronised,
+        deadline: float = 60.0,
+    ) -> None:
+        self.inner = inner
+        self.state_dir = state_dir
+        self.trusted_root = trusted_root
+        self.device_id = device_id
+        self.http = http
+        self.clock = clock
+        self.clock_synchronised = clock_synchronised
+        self.deadline = deadline
+        self._verifiers: dict[str, DeviceVerifier] = {}
+        #: version string -> (repository, release) of releases verified this run
+        self._seen: dict[str, tuple[str, int]] = {}
+
+    @classmethod
+    def from_config(cls, *, config: Any, http: httpx.AsyncClient | None = None, clock: Clock | None = None, **_: Any) -> SignedStaticHub:
+        inner = StaticHub.from_config(config=config, http=http, clock=clock)
+        device_id = config.hub.device_id
+        if not device_id:
+            try:
+                device_id = MACHINE_ID.read_text().strip()
+            except OSError:
+                device_id = ""
+        if not device_id:
+            raise ConfigError(f"hub.device_id: required with hub.verify = 'tuf' when {MACHINE_ID} is not readable (the rollout bucket is computed from it)")
+        if not config.hub.trusted_root.is_file():
+            raise ConfigError(f"hub.trusted_root: {config.hub.trusted_root} is not a file (the root metadata installed with the daemon)")
+        return cls(
+            inner=inner,
+            state_dir=config.state.dir,
+            trusted_root=config.hub.trusted_root,
+            device_id=device_id,
+            http=http,
+            clock=clock or SystemClock(),
+            deadline=float(config.hub.timeout) * 2,
+        )
+
+    @property
+    def requests(self) -> int:
+        return sum(v.requests for v in self._verifiers.values())
+
+    def _verifier(self, repository: str) -> DeviceVerifier:
+        verifier = self._verifiers.get(repository)
+        if verifier is None:
+            verifier = DeviceVerifier(
+                base_url=urljoin(self.inner.base_url, f"{repository}/"),
+                metadata_dir=self.state_dir / "signed" / repository,
+                trusted_root=self.trusted_root,
+                http=self.http,
+                clock=self.clock,
+                clock_synchronised=self.clock_synchronised,
+                deadline=self.deadline,
+            )
+            self._verifiers[repository] = verifier
+        return verifier
+
+    def floor(self, repository: str) -> ReleaseFloor:
+        return ReleaseFloor(self.state_dir / "signed" / repository / "committed-release.json")
+
+    # ------------------------------------------------------------------ Hub
+    async def resolve(self, path: str) -> VersionDocument:
+        repository, package, tag = path.split("/")
+        verified = await self._verifier(repository).verify(package, tag)
+        signed = verified.tag
+        floor = self.floor(repository).value
+        if signed.release < floor and not signed.rollback:
+            raise SignatureRefused(
+                f"refused {signed.version} (release {signed.release}): this device committed release {floor}; "
+                "the signed metadata does not mark going back as an intended rollback"
+            )
+        self._seen[signed.version] = (repository, signed.release)
+        return self._document(repository, verified)
+
+    def _document(self, repository: str, verified: VerifiedRelease) -> VersionDocument:
+        signed = verified.tag
+        verdict = evaluate(
+            signed.rollout, device_id=self.device_id, release_key=signed.release_key, now=self.clock.now(), halted=verified.is_halted
+        )
+        assets = []
+        for name, entry in verified.files.items():
+            metadata: dict[str, Any] = {"signed": {"release": entry.release, "system": entry.system}}
+            if "bundleHash" in entry.pin:
+                metadata["rugix"] = {"bundleHash": entry.pin["bundleHash"]}
+            assets.append(
+                Asset(filename=name, size=entry.length, digest=f"sha256_{entry.sha256}", url=entry.url, status="Available", metadata=metadata)
+            )
+        document = VersionDocument.model_validate(
+            {
+                "versionId": f"signed-{signed.package[:64]}-r{signed.release}",
+                "assets": [a.model_dump(by_alias=True, exclude_none=True) for a in assets],
+                "tags": [{"tag": signed.tag, "locked": False}, {"tag": signed.version, "locked": True}],
+                "metadata": {"imageVersion": signed.version, "release": signed.release, "rollout": verdict.reason},
+            }
+        )
+        gate = ReleaseGate(release=signed.release, rollback=signed.rollback, hold=None if verdict.install else verdict.reason)
+        document.__pydantic_extra__ = {**(document.__pydantic_extra__ or {}), "_base": urljoin(self.inner.base_url, f"{repository}/"), "_gate": gate}
+        return document
+
+    async def committed(self, version: str) -> None:
+        """The engine committed (or runs, up to date) ``version``: raise the rollback floor."""
+        seen = self._seen.get(version)
+        if seen is not None:
+            repository, release = seen
+            self.floor(repository).raise_to(release, version)
+
+    async def issue_url(self, document: VersionDocument, asset: Asset) -> str:
+        return await self.inner.issue_url(document, asset)
+
+    async def read_config(self) -> Any | None:
+        return None
+
+    async def publish_status(self, status: dict[str, Any]) -> None:
+        return None
+
+    async def publish_events(self, events: list[dict[str, Any]]) -> None:
+        return None
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
