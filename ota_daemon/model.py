@@ -118,6 +118,8 @@ class PinnedVersion:
     image: Asset
     version_source: str  # "build-info" | "imageVersion"
     system_name: str | None = None
+    #: set by a hub that verified signed metadata (release counter, intended rollback, hold)
+    gate: ReleaseGate | None = None
 
     @property
     def version_id(self) -> str:

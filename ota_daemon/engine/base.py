@@ -134,6 +134,12 @@ class EngineBase:
                 if entry.is_file():
                     entry.unlink()
 
+    async def _note_committed(self, version: str) -> None:
+        """Tell a hub that keeps a rollback floor (signed release counters) what runs committed."""
+        note = getattr(self.hub, "committed", None)
+        if callable(note):
+            await note(version)
+
     # ------------------------------------------------------------------ reporting helpers
     async def _up_to_date(self, current: str, data: JournalData) -> None:
         if data.last_outcome is not None and data.last_outcome.state in ("rollback", "failed") and data.quarantine:

@@ -80,10 +80,14 @@ class Engine(PostReboot):
         summary = _target_summary(target)
         structlog.contextvars.bind_contextvars(target_version=target.version, current_version=current)
         if decision.action is Action.NONE:
+            await self._note_committed(current)
             await self._up_to_date(current, data)
             return PassResult(Result.UP_TO_DATE, current, target.version, decision.reason, summary)
         if decision.action is Action.REFUSE:
             await self._refused(target, decision.reason, current)
+            return PassResult(Result.BLOCKED, current, target.version, decision.reason, summary)
+        if decision.action is Action.HOLD:
+            await self._blocked(target, decision.reason, current)
             return PassResult(Result.BLOCKED, current, target.version, decision.reason, summary)
         if dry_run:
             msg = f"update available: {current} -> {target.version}"

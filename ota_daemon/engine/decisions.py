@@ -119,6 +119,7 @@ class Action(enum.StrEnum):
     INSTALL = "install"
     REFUSE = "refuse"
     DEFER = "defer"
+    HOLD = "hold"  # wait without downloading: the hub's signed rollout says not yet (or halted)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,11 @@ def decide(
     entry = journal.quarantine.get(target.version)
     if entry is not None:
         return Decision(Action.REFUSE, f"version {target.version} is quarantined: {entry.reason} (clear with 'ota-daemon retry {target.version}')")
-    if not policy.allow_downgrade and version_key(target.version) < version_key(current_version):
+    if target.gate is not None and target.gate.hold:
+        return Decision(Action.HOLD, target.gate.hold)
+    # signed metadata: the hub compared release counters (refusing a lower one unless it is an
+    # intended rollback), not version strings
+    if target.gate is None and not policy.allow_downgrade and version_key(target.version) < version_key(current_version):
         return Decision(Action.REFUSE, f"version {target.version} is older than the running {current_version}; downgrades need policy.allow_downgrade")
     if not in_windows(policy.install_window, now_local):
         windows = ", ".join(w.text for w in policy.install_window or [])

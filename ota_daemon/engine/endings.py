@@ -30,6 +30,7 @@ class Endings(EngineBase):
             last_outcome=Outcome(state="completed", attempt_id=attempt.id, version=attempt.target_version, at=self.clock.now()),
         )
         self._clean_cache()
+        await self._note_committed(attempt.target_version)
         if attempt.source != "adopted":
             await self._hooks(HookPoint.POST_COMMIT, attempt, current, attempt.from_slot, attempt.target_slot)
         return PassResult(Result.COMPLETED, current, attempt.target_version, f"{attempt.target_version} committed in slot {attempt.target_slot}")

@@ -23,6 +23,7 @@ from ota_daemon.model import (
     FileSource,
     InstallSource,
     PinnedVersion,
+    ReleaseGate,
     SlotInfo,
     SourceKind,
     StreamSource,
@@ -81,7 +82,11 @@ class InstallHalf(Endings):
             )
         if len(version) > 128 or not version.strip() or any(c == "/" or (c.isspace() and c != " ") or not c.isprintable() for c in version):
             raise HubError(f"version {document.version_id} at {path!r}: version string {version[:40]!r}… is not usable")
-        return PinnedVersion(path=path, document=document, version=version, image=image, version_source=source, system_name=built_for)
+        gate = (document.__pydantic_extra__ or {}).get("_gate")
+        return PinnedVersion(
+            path=path, document=document, version=version, image=image, version_source=source, system_name=built_for,
+            gate=gate if isinstance(gate, ReleaseGate) else None,
+        )
 
     async def _build_info(self, document: VersionDocument, asset: Asset) -> dict[str, Any]:
         cache = self.journal.dir / "build-info-cache.json"

@@ -88,8 +88,9 @@ class SignedStaticHub:
         self.clock_synchronised = clock_synchronised
         self.deadline = deadline
         self._verifiers: dict[str, DeviceVerifier] = {}
-        #: version string -> (repository, release) of releases verified this run
-        self._seen: dict[str, tuple[str, int]] = {}
+        #: version string -> (repository, release) of recently verified releases (persisted:
+        #: the commit that raises the floor happens after a reboot, in another process)
+        self._seen: dict[str, tuple[str, int]] | None = None
 
     @classmethod
     def from_config(cls, *, config: Any, http: httpx.AsyncClient | None = None, clock: Clock | None = None, **_: Any) -> SignedStaticHub:
@@ -147,8 +148,35 @@ class SignedStaticHub:
                 f"refused {signed.version} (release {signed.release}): this device committed release {floor}; "
                 "the signed metadata does not mark going back as an intended rollback"
             )
-        self._seen[signed.version] = (repository, signed.release)
+        self._remember(signed.version, repository, signed.release)
         return self._document(repository, verified)
+
+    @property
+    def _seen_file(self) -> Path:
+        return self.state_dir / "signed" / "verified-releases.json"
+
+    def _load_seen(self) -> dict[str, tuple[str, int]]:
+        if self._seen is None:
+            self._seen = {}
+            try:
+                raw = json.loads(self._seen_file.read_bytes())
+            except (OSError, ValueError):
+                raw = {}
+            for version, item in (raw.items() if isinstance(raw, dict) else []):
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int):
+                    self._seen[version] = (item[0], item[1])
+        return self._seen
+
+    def _remember(self, version: str, repository: str, release: int) -> None:
+        """Keep version -> release; writes only when that is news (an idle pass writes nothing)."""
+        seen = self._load_seen()
+        if seen.get(version) == (repository, release):
+            return
+        seen[version] = (repository, release)
+        while len(seen) > 16:
+            seen.pop(next(iter(seen)))
+        self._seen_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self._seen_file, json.dumps({v: list(r) for v, r in seen.items()}).encode())
 
     def _document(self, repository: str, verified: VerifiedRelease) -> VersionDocument:
         signed = verified.tag
@@ -177,7 +205,7 @@ class SignedStaticHub:
 
     async def committed(self, version: str) -> None:
         """The engine committed (or runs, up to date) ``version``: raise the rollback floor."""
-        seen = self._seen.get(version)
+        seen = self._load_seen().get(version)
         if seen is not None:
             repository, release = seen
             self.floor(repository).raise_to(release, version)
