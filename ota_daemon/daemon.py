@@ -21,14 +21,18 @@ import math
 import os
 import random
 import signal
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.config import Config, load_config
 from ota_daemon.engine import PassResult, Result
+
+if TYPE_CHECKING:
+    from ota_daemon.engine import Engine
 from ota_daemon.errors import ConfigError, LockHeld, OtaError, TransientError
 from ota_daemon.installers.simulated import RebootRequested
 from ota_daemon.model import Progress
@@ -98,6 +102,9 @@ class Daemon:
         self.current: asyncio.Task[PassResult] | None = None
         self.last_status = ""
         self.passes = 0
+        self.last_result: PassResult | None = None
+        #: builds the engine of a pass (``app.open_engine``); the device simulator injects its own
+        self.engine_factory: Callable[..., contextlib.AbstractAsyncContextManager[Engine]] | None = None
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -237,6 +244,7 @@ class Daemon:
             self.current = None
         self.failures = 0
         self.passes += 1
+        self.last_result = result
         if result.result in (Result.REBOOTING, Result.COMPLETED) or result.result is Result.ROLLED_BACK:
             # after a reboot request (or a finished attempt) look again soon: the post-reboot
             # half runs in the next pass if this process survives the reboot (simulated devices)
@@ -248,7 +256,7 @@ class Daemon:
         from ota_daemon.state import StateLock
 
         with StateLock(self.config.state.dir, "run"):
-            async with open_engine(self.config, clock=self.clock) as engine:
+            async with (self.engine_factory or open_engine)(self.config, clock=self.clock) as engine:
                 target: dict[str, str | None] = {"v": None}
 
                 def progress(item: Progress) -> None:

@@ -429,35 +429,9 @@ class RaucInstaller:
     # ------------------------------------------------------------------ protocol
     async def slot_info(self) -> SlotInfo:
         status = await self._status("status")
-        booted = status.booted()
-        bootable = status.bootable()
         with map_installer_errors(BACKEND, "status"):
             boot_id = self.boot_id_file.read_text().strip()
-        slots = {
-            name: SlotState(
-                name=name,
-                version=slot.version,
-                bootable=slot.boot_status != "bad",
-                good=None if slot.boot_status is None else slot.boot_status == "good",
-            )
-            for name, slot in bootable.items()
-        }
-        primary = status.primary
-        return SlotInfo(
-            booted=booted.name,
-            primary=primary,
-            slots=slots,
-            boot_id=boot_id,
-            pending=primary if primary != booted.name and primary in bootable else None,
-            extra={
-                "bootnames": {name: slot.bootname for name, slot in bootable.items()},
-                "boot_slot": status.boot_slot,
-                "compatible": status.compatible,
-                "variant": status.variant,
-                "boot_status": {name: slot.boot_status for name, slot in bootable.items()},
-                "installed": {name: slot.installed_timestamp for name, slot in bootable.items()},
-            },
-        )
+        return status_to_slot_info(status, boot_id)
 
     async def install(
         self,
@@ -680,6 +654,38 @@ class RaucInstaller:
                 await _emit(progress, Progress("installing", best, str(message)))
 
 
+def status_to_slot_info(status: RaucStatus, boot_id: str) -> SlotInfo:
+    """:class:`SlotInfo` from RAUC's answers (a pure function; the device simulator's RAUC
+    model goes through it too)."""
+    booted = status.booted()
+    bootable = status.bootable()
+    slots = {
+        name: SlotState(
+            name=name,
+            version=slot.version,
+            bootable=slot.boot_status != "bad",
+            good=None if slot.boot_status is None else slot.boot_status == "good",
+        )
+        for name, slot in bootable.items()
+    }
+    primary = status.primary
+    return SlotInfo(
+        booted=booted.name,
+        primary=primary,
+        slots=slots,
+        boot_id=boot_id,
+        pending=primary if primary != booted.name and primary in bootable else None,
+        extra={
+            "bootnames": {name: slot.bootname for name, slot in bootable.items()},
+            "boot_slot": status.boot_slot,
+            "compatible": status.compatible,
+            "variant": status.variant,
+            "boot_status": {name: slot.boot_status for name, slot in bootable.items()},
+            "installed": {name: slot.installed_timestamp for name, slot in bootable.items()},
+        },
+    )
+
+
 def _written_slot(before: RaucStatus, after: RaucStatus) -> RaucSlot:
     """The slot RAUC just wrote: its install count moved; else the new primary; else the
     A/B partner of the booted slot."""
@@ -711,4 +717,4 @@ async def _disconnect_waiter(bus: MessageBus) -> None:
 _emit = report_progress
 
 
-__all__ = ["RaucInstaller", "RaucSlot", "RaucStatus"]
+__all__ = ["RaucInstaller", "RaucSlot", "RaucStatus", "status_to_slot_info"]

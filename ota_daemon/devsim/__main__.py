@@ -1,0 +1,7 @@
+"""``python -m ota_daemon.devsim``."""
+
+import sys
+
+from ota_daemon.devsim.explore import main
+
+sys.exit(main())

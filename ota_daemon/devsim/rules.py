@@ -1,0 +1,138 @@
+"""The simulator's rules: what can happen to a device, as steps over a :class:`~.world.World`.
+
+Shared by the hypothesis state machine (``tests/devsim/test_stateful.py``, where failures
+shrink) and the seeded exploration (:mod:`.explore`). Each step returns a short line for the
+scenario's transcript.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ota_daemon.devsim.models import MODEL_CUT_POINTS
+from ota_daemon.devsim.world import RELEASE_KINDS, World
+from ota_daemon.state import TRANSITIONS
+
+#: hub config properties a step can set (the allow-listed overlay keys)
+HUB_CONFIGS: tuple[dict[str, Any] | None, ...] = (
+    None,
+    {"pollInterval": "1h"},
+    {"rebootPolicy": "manual"},
+    {"maxDeferral": "1h"},
+    {"retryFailed": True},
+)
+#: clock jumps: NTP correcting a slow or fast clock, both ways
+CLOCK_JUMPS = (-30 * 86400.0, -3600.0, 600.0, 3 * 86400.0)
+#: the installer calls whose start and end are cut points
+INSTALLER_CALLS = ("install", "mark_bad", "reboot", "commit")
+
+
+def cut_points(kind: str) -> list[str]:
+    """Every enumerated cut point of a device with installer ``kind``.
+
+    Journal transitions (after each is written), each installer call (before and after), the
+    tool's own steps (RAUC and SWUpdate arm the slot inside the install), hub writes, the
+    download's first bytes."""
+    points = sorted(f"journal:{a.value}->{b.value}" for a, b in TRANSITIONS)
+    points += [f"installer:{call}:{when}" for call in INSTALLER_CALLS for when in ("before", "after")]
+    points += [p for p in MODEL_CUT_POINTS if kind in ("rauc", "swupdate") or p != "model:install:armed"]
+    points += ["hub:publish_status", "hub:publish_events"]
+    return points
+
+
+class Driver:
+    """Steps on one world. ``await driver.step(name, arg)``."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.minor = 0
+
+    def next_version(self) -> str:
+        self.minor += 1
+        return f"1.{self.minor}.0"
+
+    async def publish(self, kind: str) -> str:
+        version = self.next_version()
+        self.world.publish(version, kind)
+        return f"publish {version} ({kind})"
+
+    async def tag(self, index: int) -> str:
+        versions = list(self.world.releases)
+        version = versions[index % len(versions)]
+        self.world.move_tag(version)
+        return f"tag -> {version}"
+
+    async def run(self) -> str:
+        result = await self.world.run_pass()
+        return f"pass: {getattr(result, 'result', result)} {getattr(result, 'message', '')[:100]}".rstrip()
+
+    async def cut(self, point: str) -> str:
+        self.world.arm_cut(point)
+        result = await self.world.run_pass()
+        reached = result == "cut"
+        self.world.arm_cut(None)
+        return f"cut at {point}: {'cut' if reached else getattr(result, 'result', result)}"
+
+    async def reboot(self) -> str:
+        self.world.power_on()
+        return f"reboot: booted {self.world.model.booted} ({self.world.running_version()})"
+
+    async def guard(self) -> str:
+        code = self.world.run_guard()
+        return f"guard: exit {code}, running {self.world.running_version()}"
+
+    async def clock_jump(self, seconds: float) -> str:
+        self.world.clock._now += seconds
+        return f"clock jumps {seconds:+.0f}s"
+
+    async def boot_at_1970(self) -> str:
+        """A device without an RTC: powers on at the epoch, NTP corrects it a pass later."""
+        real = self.world.clock.now()
+        self.world.power_on()
+        self.world.clock._now = 60.0
+        first = await self.world.run_pass()
+        self.world.clock._now = max(real, self.world.clock.now())
+        return f"boot at 1970: {getattr(first, 'result', first)}; clock corrected"
+
+    async def outage(self, hours: float) -> str:
+        """The hub is away for ``hours``: the daemon loop backs off and retries meanwhile."""
+        world = self.world
+        world.hub_down = True
+        end = world.clock.now() + hours * 3600.0
+        passes = 0
+        while world.clock.now() < end and passes < 400:
+            await world.run_pass()
+            passes += 1
+        world.hub_down = False
+        return f"hub away {hours:.0f}h: {passes} passes"
+
+    async def refuse_writes(self, on: bool) -> str:
+        self.world.refuse_writes = on
+        return f"hub refuses writes: {on}"
+
+    async def hide_asset(self) -> str:
+        self.world.hide_asset(self.world.tagged)
+        return f"image of {self.world.tagged} 404s"
+
+    async def show_assets(self) -> str:
+        self.world.show_assets()
+        return "assets appear"
+
+    async def hub_config(self, index: int) -> str:
+        self.world.hub_config = HUB_CONFIGS[index % len(HUB_CONFIGS)]
+        return f"hub config property: {self.world.hub_config}"
+
+    async def disk(self, full: bool) -> str:
+        self.world.disk_full = full
+        return f"disk nearly full: {full}"
+
+
+#: the steps the exploration picks from, with weights
+WEIGHTS: dict[str, int] = {
+    "publish": 6, "tag": 2, "run": 10, "cut": 8, "reboot": 2, "guard": 2, "clock_jump": 2, "boot_at_1970": 1,
+    "outage": 1, "refuse_writes": 1, "hide_asset": 1, "show_assets": 1, "hub_config": 1, "disk": 1,
+}
+
+
+def release_kinds() -> tuple[str, ...]:
+    return RELEASE_KINDS
