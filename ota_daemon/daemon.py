@@ -30,12 +30,12 @@ import structlog
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.config import Config, load_config
 from ota_daemon.engine import PassResult, Result
-
-if TYPE_CHECKING:
-    from ota_daemon.engine import Engine
 from ota_daemon.errors import ConfigError, LockHeld, OtaError, TransientError
 from ota_daemon.installers.simulated import RebootRequested
 from ota_daemon.model import Progress
+
+if TYPE_CHECKING:
+    from ota_daemon.engine import Engine
 
 log = structlog.get_logger("ota_daemon.daemon")
 

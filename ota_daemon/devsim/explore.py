@@ -26,7 +26,7 @@ from ota_daemon.devsim.world import RELEASE_KINDS, World, scratch_dir
 
 async def random_step(driver: Driver, rng: random.Random, points: list[str]) -> str:
     name = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
-    args: dict[str, Any] = {
+    choices: dict[str, dict[str, Any]] = {
         "publish": {"kind": rng.choice(("good",) * 5 + RELEASE_KINDS)},
         "tag": {"index": rng.randrange(1000)},
         "cut": {"point": rng.choice(points)},
@@ -35,7 +35,8 @@ async def random_step(driver: Driver, rng: random.Random, points: list[str]) -> 
         "refuse_writes": {"on": rng.random() < 0.3},
         "hub_config": {"index": rng.randrange(100)},
         "disk": {"full": rng.random() < 0.3},
-    }.get(name, {})
+    }
+    args = choices.get(name, {})
     method = getattr(driver, name)
     line: str = await method(**args)
     return line
@@ -113,15 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--scenario-steps", type=int, default=40, help="steps per scenario (default 40)")
     ex.add_argument("--verbose", action="store_true", help="print every scenario's transcript")
     ex.add_argument("--installer", choices=["all", *sorted(MODELS)], default="all")
-    cost = sub.add_parser("fleet-cost", help="hub calls and writes per device-day, idle and with one release a week")
-    cost.add_argument("--days", type=int, default=28)
     args = parser.parse_args(argv)
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    if args.command == "explore":
-        kinds = sorted(MODELS) if args.installer == "all" else [args.installer]
-        return asyncio.run(explore(args.seed, args.steps, args.scenario_steps, kinds, verbose=args.verbose))
-    from ota_daemon.devsim.fleet import report
-
-    return asyncio.run(report(days=args.days))
+    kinds = sorted(MODELS) if args.installer == "all" else [args.installer]
+    return asyncio.run(explore(args.seed, args.steps, args.scenario_steps, kinds, verbose=args.verbose))

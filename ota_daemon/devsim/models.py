@@ -263,7 +263,7 @@ class RaucModel(Model):
         order = [boot["primary"], self.other(boot["primary"])]
         for slot in order:
             if boot[slot] == "good":
-                return slot
+                return str(slot)
         raise BrickedError("rauc: no slot is good")
 
     def power_on(self, *, dies: Callable[[str], bool] | None = None) -> str:

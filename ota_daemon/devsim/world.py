@@ -192,7 +192,7 @@ class World:
         from ota_daemon.daemon import Daemon
 
         self.daemon = Daemon(None, config=self.config(), clock=self.clock, notifier=_Silent(), rng=random.Random(seed))
-        self.daemon.engine_factory = self.open_engine  # type: ignore[attr-defined]
+        self.daemon.engine_factory = self.open_engine
         self._wrap_installer()
 
     # ------------------------------------------------------------------ config and wiring
@@ -366,7 +366,7 @@ class World:
     def _fault_hooks(self) -> Iterator[None]:
         """Route :mod:`ota_daemon.faults` points into :meth:`effect` (in-process, no SIGKILL)."""
         saved = (faults._armed, faults._fire, os.environ.get(faults.ENV), os.fsync)
-        faults._armed = lambda: _Armed(self)  # type: ignore[assignment]
+        faults._armed = lambda: _Armed(self)
         # what is on the simulated disk at a cut is decided by the snapshot: fsync buys nothing
         os.fsync = lambda fd: None
 
@@ -374,12 +374,12 @@ class World:
             self.reached[name] += 1
             self._cut(name)
 
-        faults._fire = fire  # type: ignore[assignment]
+        faults._fire = fire
         os.environ[faults.ENV] = "devsim"
         try:
             yield
         finally:
-            faults._armed, faults._fire = saved[0], saved[1]  # type: ignore[assignment]
+            faults._armed, faults._fire = saved[0], saved[1]
             os.fsync = saved[3]
             if saved[2] is None:
                 os.environ.pop(faults.ENV, None)
