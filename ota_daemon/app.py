@@ -15,6 +15,7 @@ from ota_daemon.hubs import get_hub
 from ota_daemon.installers import get_installer
 from ota_daemon.state import Journal, ensure_private_dir
 from ota_daemon.telemetry import Telemetry
+from ota_daemon.tempfiles import sweep_temporaries
 
 
 @dataclass
@@ -28,6 +29,8 @@ async def open_engine(config: Config, *, clock: Clock | None = None) -> AsyncIte
     """An engine with its hub, installer, journal, telemetry and downloader; closed on exit."""
     clock = clock or SystemClock()
     ensure_private_dir(config.state.dir)
+    # what a killed writer left (journal, status, spool, hub caches, download metadata)
+    sweep_temporaries(config.state.dir, config.cache_dir)
     async with make_http_client(config.tls, timeout=config.download.connect_timeout) as http:
         hub = get_hub(config.hub.kind, config=config, http=http, clock=clock)
         installer = get_installer(config.installer.kind, config=config, clock=clock)

@@ -3,7 +3,8 @@
 When ``OTA_DAEMON_FAULTS`` names a file holding a JSON list of point names, reaching a
 listed point removes it from the file (so it fires once) and kills the process with SIGKILL
 — the nearest a test gets to pulling the plug. Points: ``journal:<phase>`` and
-``journal:<from>-><to>`` after each journal transition is written, ``download:<bytes>`` once that many bytes are on disk, ``install:<percent>``
+``journal:<from>-><to>`` after each journal transition is written, ``download:<bytes>`` once that many bytes are on disk, ``write:<file name>`` in every
+atomic write between the fsynced temporary file and its rename, ``install:<percent>``
 during a simulated slot write. Without the variable this costs one dictionary lookup.
 """
 

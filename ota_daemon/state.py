@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ota_daemon.errors import JournalError, LockHeld
+from ota_daemon.faults import fault_point
 
 SCHEMA_VERSION = 1
 #: a journal larger than this is not one we wrote: it is moved aside unread
@@ -160,7 +161,9 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 
     The temporary file is always a new file (``O_EXCL | O_NOFOLLOW``, after removing
     whatever has its name): a symbolic or hard link planted at that name is never written
-    through. A link at ``path`` itself is replaced, not followed.
+    through. A link at ``path`` itself is replaced, not followed. A writer killed before the
+    rename leaves ``.<name>.<pid>.tmp``; :func:`ota_daemon.tempfiles.sweep_temporaries` removes
+    it at the start of the next pass.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -171,6 +174,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point(f"write:{path.name}")  # a cut here leaves the temporary file (see tempfiles.py)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

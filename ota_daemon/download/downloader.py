@@ -59,6 +59,7 @@ from ota_daemon.errors import (
 )
 from ota_daemon.model import Asset, ProgressCallback
 from ota_daemon.redact import redact_url
+from ota_daemon.tempfiles import sweep_temporaries
 
 
 class Downloader:
@@ -82,6 +83,8 @@ class Downloader:
             dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise _file_error(exc, dest.parent, "create") from None
+        for stale in await asyncio.to_thread(sweep_temporaries, dest.parent, depth=1):
+            log.info("removed a temporary file of a killed writer", path=str(stale))
         if dest.exists():
             with contextlib.suppress(IntegrityError):
                 await self._verify_file(dest, asset, None)

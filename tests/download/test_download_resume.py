@@ -256,3 +256,51 @@ def test_config_rejects_a_cap_below_the_floor() -> None:
     """max_rate below min_rate would cut every download as too slow: refused at load."""
     with pytest.raises(ValueError, match="below min_rate"):
         make_config(max_rate=100, min_rate=1000)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (what a killed writer's pid is to its successor)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+async def test_a_killed_writers_metadata_tmp_file_is_removed_by_the_next_download(server: FaultServer, clock: FakeClock, tmp_path: Path) -> None:
+    """A ``.a.img.partial.json.<pid>.tmp`` of a process killed mid-checkpoint (planted here):
+    the next download of the file removes it; only the image is left."""
+    size = 2 * MiB
+    server.put("/a.img", blob(size))
+    await interrupted(server, clock, tmp_path, stall_at=MiB, size=size)
+    stale = tmp_path / f".a.img.partial.json.{dead_pid()}.tmp"
+    stale.write_text('{"schema": 1, "checkpoints": [')
+    url, _ = provider_of(server.url("/a.img"))
+    async with downloader("fast", clock) as dl:
+        await dl.to_file(url=url, asset=server_asset(server, size), dest=tmp_path / "a.img")
+    assert leftovers(tmp_path) == ["a.img"]
+
+
+def test_sigkill_during_the_metadata_write_then_restart_leaves_no_temporary_file(server: FaultServer, tmp_path: Path) -> None:
+    """Killed (fault point ``write:a.img.partial.json``) between writing the metadata's
+    temporary file and renaming it, on a resume: the next run finishes without refetching what
+    it had, and no ``*.tmp`` is left in the cache."""
+    size = 8 * MiB
+    args = child_args(server, tmp_path, size)
+    server.plan.append(Action("stall", after=5 * MiB))
+    first = run_child(args)
+    try:
+        wait_for_size(tmp_path / "a.img.partial", 5 * MiB)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    server.release.set()
+    faults = tmp_path.parent / f"{tmp_path.name}-faults.json"
+    faults.write_text(json.dumps(["write:a.img.partial.json"]))
+    second = run_child(args, env={"OTA_DAEMON_FAULTS": str(faults)})
+    assert second.wait(60) == -signal.SIGKILL
+    assert json.loads(faults.read_text()) == []
+    assert [n for n in leftovers(tmp_path) if n.endswith(".tmp")], "the fault point left no temporary file"
+    third = run_child(args)
+    assert third.wait(60) == 0
+    assert (tmp_path / "a.img").read_bytes() == server.objects["/a.img"].data
+    assert server.bytes_sent - size <= MiB
+    assert leftovers(tmp_path) == ["a.img"]
