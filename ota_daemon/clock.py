@@ -38,12 +38,31 @@ class Clock(Protocol):
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
+def kernel_clock_synchronised() -> bool | None:
+    """The kernel's view (adjtimex, read only): False when it marks the clock unsynchronised
+    (no NTP yet, no RTC), None when it cannot be asked."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buf = ctypes.create_string_buffer(512)  # struct timex with modes = 0: nothing is set
+        state = int(libc.adjtimex(buf))
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != 5  # 5: TIME_ERROR, the clock is not synchronised
+
+
 class SystemClock:
     def __init__(self) -> None:
         self._boot_id: str | None = None
 
     def now(self) -> float:
         return time.time()
+
+    def synchronised(self) -> bool | None:
+        """Whether wall time can be trusted to judge expiry (None: unknown)."""
+        return kernel_clock_synchronised()
 
     def monotonic(self) -> float:
         try:
@@ -72,6 +91,11 @@ class FakeClock:
         self._mono = 1000.0
         self._boot = 1
         self.slept: list[float] = []
+        #: what :meth:`synchronised` answers (tests set False for an unsynchronised clock)
+        self.synced: bool | None = True
+
+    def synchronised(self) -> bool | None:
+        return self.synced
 
     def now(self) -> float:
         return self._now

@@ -106,6 +106,8 @@ class ReleaseGate:
     release: int
     rollback: bool = False
     hold: str | None = None
+    #: the system the signed entries say the release is built for
+    system: str | None = None
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,13 @@ class InstallHalf(Endings):
         if len(version) > 128 or not version.strip() or any(c == "/" or (c.isspace() and c != " ") or not c.isprintable() for c in version):
             raise HubError(f"version {document.version_id} at {path!r}: version string {version[:40]!r}… is not usable")
         gate = (document.__pydantic_extra__ or {}).get("_gate")
+        gate = gate if isinstance(gate, ReleaseGate) else None
+        if gate is not None and gate.system:
+            if built_for and built_for != gate.system:
+                raise HubError(f"version {version}: build info says system {built_for!r}, the signed entries {gate.system!r}")
+            built_for = gate.system
         return PinnedVersion(
-            path=path, document=document, version=version, image=image, version_source=source, system_name=built_for,
-            gate=gate if isinstance(gate, ReleaseGate) else None,
+            path=path, document=document, version=version, image=image, version_source=source, system_name=built_for, gate=gate
         )
 
     async def _build_info(self, document: VersionDocument, asset: Asset) -> dict[str, Any]:

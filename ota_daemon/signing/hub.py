@@ -29,7 +29,6 @@ from ota_daemon.signing.verify import (
     DeviceVerifier,
     SignatureRefused,
     VerifiedRelease,
-    system_clock_synchronised,
 )
 from ota_daemon.state import atomic_write
 
@@ -76,7 +75,6 @@ class SignedStaticHub:
         device_id: str,
         http: httpx.AsyncClient | None,
         clock: Clock,
-        clock_synchronised: Any = system_clock_synchronised,
         deadline: float = 60.0,
     ) -> None:
         self.inner = inner
@@ -85,7 +83,6 @@ class SignedStaticHub:
         self.device_id = device_id
         self.http = http
         self.clock = clock
-        self.clock_synchronised = clock_synchronised
         self.deadline = deadline
         self._verifiers: dict[str, DeviceVerifier] = {}
         #: version string -> (repository, release) of recently verified releases (persisted:
@@ -128,7 +125,6 @@ class SignedStaticHub:
                 trusted_root=self.trusted_root,
                 http=self.http,
                 clock=self.clock,
-                clock_synchronised=self.clock_synchronised,
                 deadline=self.deadline,
             )
             self._verifiers[repository] = verifier
@@ -199,7 +195,12 @@ class SignedStaticHub:
                 "metadata": {"imageVersion": signed.version, "release": signed.release, "rollout": verdict.reason},
             }
         )
-        gate = ReleaseGate(release=signed.release, rollback=signed.rollback, hold=None if verdict.install else verdict.reason)
+        systems = {entry.system for entry in verified.files.values() if entry.system}
+        if len(systems) > 1:
+            raise SignatureRefused(f"release {signed.version}: its signed files name several systems ({', '.join(sorted(systems))})")
+        gate = ReleaseGate(
+            release=signed.release, rollback=signed.rollback, hold=None if verdict.install else verdict.reason, system=next(iter(systems), None)
+        )
         document.__pydantic_extra__ = {**(document.__pydantic_extra__ or {}), "_base": urljoin(self.inner.base_url, f"{repository}/"), "_gate": gate}
         return document
 

@@ -16,10 +16,7 @@ picks up a new root). A 304 cannot freeze a device: the reuse ends at the earlie
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,20 +47,6 @@ class SignatureRefused(HubError):
 
 class FreshnessUnknown(HubError):
     """The metadata looks expired, but the clock is not synchronised: no judgement possible."""
-
-
-def system_clock_synchronised() -> bool | None:
-    """The kernel's view (adjtimex): False when it marks the clock unsynchronised, None when
-    it cannot be asked."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        buf = ctypes.create_string_buffer(512)  # struct timex with modes = 0: read only
-        state = int(libc.adjtimex(buf))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return state != 5  # TIME_ERROR: the clock is not synchronised
 
 
 @dataclass(frozen=True)
@@ -105,7 +88,6 @@ class DeviceVerifier:
         trusted_root: Path,
         http: httpx.AsyncClient | None,
         clock: Clock,
-        clock_synchronised: Callable[[], bool | None] = system_clock_synchronised,
         deadline: float = 60.0,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -114,7 +96,6 @@ class DeviceVerifier:
         self.trusted_root = trusted_root
         self.http = http
         self.clock = clock
-        self.clock_synchronised = clock_synchronised
         self.deadline = deadline
         self.requests = 0
         self._etag: str | None = None
@@ -157,7 +138,8 @@ class DeviceVerifier:
         try:
             result = await asyncio.to_thread(self._run, fetcher, package, tag, now)
         except tuf_errors.ExpiredMetadataError as exc:
-            if self.clock_synchronised() is False:
+            synchronised = getattr(self.clock, "synchronised", None)
+            if callable(synchronised) and synchronised() is False:
                 raise FreshnessUnknown(
                     f"cannot judge the freshness of signed metadata: the clock is not synchronised (it reads {iso(now)}); "
                     "waiting for time synchronisation"

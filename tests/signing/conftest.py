@@ -53,7 +53,7 @@ def signed(tmp_path: Path, clock: FakeClock) -> Iterator[Signed]:
     world.create_device("1.0.0")
     keys = tmp_path / "keys"
     repo = SignedRepository(world.repo_dir / "fleet", keys, now=clock.now)
-    repo.init()
+    repo.init(thresholds={"targets": 2})
     shutil.copyfile(world.repo_dir / "fleet" / "metadata" / "1.root.json", tmp_path / "trusted-root.json")
     with serve_directory(world.repo_dir) as server:
         s = Signed(world, clock, repo, server, keys)

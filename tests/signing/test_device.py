@@ -97,3 +97,19 @@ def test_verify_tuf_is_local_only_and_static_only(signed: Signed) -> None:
     tables = signed.tables(trusted_root=str(signed.world.root / "nope.json"))
     with pytest.raises(ConfigError, match="trusted_root"):
         get_hub("static", config=build_config(tables, source="test", env={}))
+
+
+async def test_unsynchronised_clock_cannot_judge_freshness(signed: Signed) -> None:
+    """Metadata that looks expired on a clock the kernel marks unsynchronised: the device says
+    it cannot judge freshness (and installs nothing), instead of calling the repository stale."""
+    assert (await run_pass(signed)).result is Result.UP_TO_DATE
+    signed.publish("1.1.0")
+    signed.clock.advance(30 * 86400)
+    signed.clock.synced = False
+    result = await run_pass(signed)
+    assert result.result is Result.FAILED and "cannot judge the freshness" in result.message
+    assert "expired" not in result.message
+    assert "cannot judge the freshness" in status(signed)["lastError"]
+    assert asset_requests(signed) == []
+    signed.clock.synced = True
+    assert "expired" in (await run_pass(signed)).message
