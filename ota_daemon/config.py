@@ -385,7 +385,14 @@ class StateConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    allow_downgrade: bool = False
+    downgrade: Literal["allow", "refuse"] = Field(
+        default="allow",
+        description="'allow': install whatever version the tag names (moving it back rolls back); 'refuse': refuse an "
+        "older one when both versions are Semantic Versioning (ota_daemon/versions.py)",
+    )
+    allow_downgrade: bool | None = Field(
+        default=None, description="deprecated: true is downgrade = 'allow', false is downgrade = 'refuse'"
+    )
     max_attempts: int = Field(default=1, ge=1)
     max_phase_entries: int = Field(default=3, ge=1)
     reboot: Literal["immediate", "window", "manual"] = "immediate"
@@ -396,6 +403,20 @@ class PolicyConfig(_Section):
         default=Path("/run/ota-daemon/inhibit.d"),
         description="lease files of programs that inhibit install/reboot (ota_daemon/inhibit.py); whoever may write here may defer updates, for at most max_deferral",
     )
+
+
+    @model_validator(mode="after")
+    def _map_allow_downgrade(self) -> PolicyConfig:
+        if self.allow_downgrade is None:
+            return self
+        mapped: Literal["allow", "refuse"] = "allow" if self.allow_downgrade else "refuse"
+        if "downgrade" in self.model_fields_set and self.downgrade != mapped:
+            raise ValueError(
+                f"allow_downgrade = {str(self.allow_downgrade).lower()} (deprecated) contradicts downgrade = "
+                f"{self.downgrade!r}; keep only downgrade"
+            )
+        self.downgrade = mapped
+        return self
 
 
 class HealthCheckConfig(_Section):
@@ -482,8 +503,13 @@ class Config(BaseSettings):
 
     @property
     def warnings(self) -> list[str]:
-        """Warnings about where this configuration came from (not configuration keys)."""
-        return list(self._load_warnings)
+        """Warnings about where this configuration came from, and deprecated keys it uses."""
+        out = list(self._load_warnings)
+        if self.policy.allow_downgrade is not None:
+            out.append(
+                f"policy.allow_downgrade is deprecated: write policy.downgrade = \"{self.policy.downgrade}\" instead"
+            )
+        return out
 
     @classmethod
     def settings_customise_sources(

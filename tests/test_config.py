@@ -98,7 +98,7 @@ def test_overlay_allow_list() -> None:
     )
     assert merged.hub.path == "r/p/beta"
     assert merged.poll.interval == 600
-    assert merged.policy.allow_downgrade is False
+    assert merged.policy.downgrade == "refuse"
     assert merged.installer.kind == "simulated"
     assert merged.policy.reboot == "immediate"
     assert any("allowDowngrade" in p for p in problems)

@@ -147,13 +147,14 @@ async def test_new_tag_after_quarantine_installs(world: SimWorld, clock: FakeClo
     assert status(world)["currentVersion"] == "1.2.0"
 
 
-async def test_downgrade_refused_unless_allowed(world: SimWorld, clock: FakeClock) -> None:
-    """A tag moved back to an older version is refused with a reason, unless policy allows it."""
+async def test_tag_moved_back_rolls_back_unless_refused(world: SimWorld, clock: FakeClock) -> None:
+    """A tag moved back to an older version is the operator's intent: installed. With
+    policy.downgrade = "refuse" it is refused with a reason (both versions are SemVer)."""
     world.publish("0.9.0")
-    result = await run_pass(world, clock)
-    assert result.result is Result.BLOCKED and "downgrades need policy.allow_downgrade" in result.message
+    result = await run_pass(world, clock, policy={"downgrade": "refuse"})
+    assert result.result is Result.BLOCKED and "policy.downgrade = 'refuse'" in result.message
     assert world.device.slot_path("b").read_bytes() == b""
-    assert (await run_pass(world, clock, policy={"allow_downgrade": True})).result is Result.REBOOTING
+    assert (await run_pass(world, clock)).result is Result.REBOOTING
 
 
 async def test_foreign_system_refused(world: SimWorld, clock: FakeClock) -> None:

@@ -19,7 +19,6 @@ from ota_daemon.engine import (
     decide,
     in_windows,
     resume_action,
-    version_key,
 )
 from ota_daemon.errors import ConfigError
 from ota_daemon.model import Asset, PinnedVersion, SlotInfo, SlotState, SourceKind, VersionDocument
@@ -107,8 +106,8 @@ DECIDE_CASES = [
     DecideCase("same version: nothing", "1.0.0", pinned("1.0.0"), Action.NONE),
     DecideCase("newer version: install", "1.0.0", pinned("1.1.0"), Action.INSTALL),
     DecideCase("natural order: 1.10 > 1.9", "1.9.0", pinned("1.10.0"), Action.INSTALL),
-    DecideCase("downgrade refused", "1.1.0", pinned("1.0.0"), Action.REFUSE, reason="older than the running"),
-    DecideCase("downgrade allowed by policy", "1.1.0", pinned("1.0.0"), Action.INSTALL, policy={"allow_downgrade": True}),
+    DecideCase("downgrade refused on request", "1.1.0", pinned("1.0.0"), Action.REFUSE, policy={"downgrade": "refuse"}, reason="older than the running"),
+    DecideCase("downgrade: the tag is the intent", "1.1.0", pinned("1.0.0"), Action.INSTALL),
     DecideCase("foreign system refused", "1.0.0", pinned("1.1.0", system="other"), Action.REFUSE, reason="built for system 'other'"),
     DecideCase("same system fine", "1.0.0", pinned("1.1.0", system="sim"), Action.INSTALL),
     DecideCase("quarantined refused", "1.0.0", pinned("1.1.0"), Action.REFUSE, quarantine=("1.1.0",), reason="quarantined"),
@@ -139,13 +138,6 @@ def test_windows_across_midnight() -> None:
     assert not in_windows(windows, datetime(2026, 11, 27, 23, 0))  # Friday
     assert in_windows(None, MONDAY_NOON)
     assert isinstance(PolicyConfig().reboot, str)
-
-
-def test_version_key_orders_naturally() -> None:
-    """Numbers compare as numbers."""
-    assert version_key("1.10.0") > version_key("1.9.9")
-    assert version_key("build-20260401120000-abc") > version_key("build-20251231235959-fff")
-    assert version_key("1.2") < version_key("1.2.1")
 
 
 @pytest.mark.parametrize(

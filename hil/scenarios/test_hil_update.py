@@ -84,9 +84,11 @@ def test_hil_14_tag_moves_forward_while_downloading(rig: Rig) -> None:
 @pytest.mark.hil_reboots(1)
 def test_hil_14_tag_moves_back_while_downloading(rig: Rig) -> None:
     """Tag v3 -> v2 while v3 downloads: v3 (pinned) is installed and committed; the tag then
-    names an older version, and the downgrade policy (policy.allow_downgrade = false)
+    names an older version, and the downgrade policy (policy.downgrade = "refuse")
     refuses it with a clear reason: final version v3, v2 never downloaded."""
     device = rig.device
+    device.configure(policy={"downgrade": "refuse"})
+    device.restart_daemon()
     wait_settled(device, "1.0.0")
     v2 = rig.publish("2.0.0", move=False)
     v3 = rig.publish("3.0.0", move=False)
@@ -97,6 +99,6 @@ def test_hil_14_tag_moves_back_while_downloading(rig: Rig) -> None:
     rig.hub.tag("2.0.0")
     wait_settled(device, "3.0.0", timeout=40)
     refused = wait_event(device, "refused", timeout=10)
-    assert "allow_downgrade" in refused[-1]["body"] or "older" in refused[-1]["body"], refused[-1]
+    assert "policy.downgrade" in refused[-1]["body"] and "older" in refused[-1]["body"], refused[-1]
     assert device.slot_holds(device.boot_state().booted, v3)
     assert rig.hub.bytes_sent(v2.asset) == 0, "the refused downgrade was downloaded"

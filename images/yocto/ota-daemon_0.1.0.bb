@@ -53,7 +53,7 @@ SYSTEMD_AUTO_ENABLE = "enable"
 FILES:${PN} += "${systemd_system_unitdir}/ota-daemon-guard.service ${sysconfdir}/ota-daemon"
 CONFFILES:${PN} = "${sysconfdir}/ota-daemon/config.toml"
 
-# Third-party modules: httpx, pydantic, structlog and tenacity are in meta-python;
+# Third-party modules: httpx, pydantic, structlog, tenacity and semver are in meta-python;
 # pydantic-settings, sdnotify and dbus-fast may need recipes of your own (devtool add
 # https://files.pythonhosted.org/... or pipoe). python3-modules is the whole standard
 # library; replace it with the split packages you verified if image size matters.
@@ -66,6 +66,7 @@ RDEPENDS:${PN} = " \
     python3-structlog \
     python3-tenacity \
     python3-sdnotify \
+    python3-semver \
     ${@'python3-dbus-fast' if d.getVar('OTA_DAEMON_INSTALLER') == 'rauc' else ''} \
     ${@'libubootenv-bin' if d.getVar('OTA_DAEMON_INSTALLER') == 'swupdate' else ''} \
 "

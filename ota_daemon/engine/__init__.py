@@ -29,7 +29,6 @@ from ota_daemon.engine.decisions import (
     decide,
     in_windows,
     resume_action,
-    version_key,
 )
 from ota_daemon.engine.identity import read_build_info, read_os_release, system_identity
 
@@ -48,5 +47,4 @@ __all__ = [
     "read_os_release",
     "resume_action",
     "system_identity",
-    "version_key",
 ]

@@ -6,7 +6,6 @@ Every function here is a pure function of its arguments, tested as tables withou
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +14,7 @@ from ota_daemon.config import PolicyConfig, Window
 from ota_daemon.errors import ConfigError
 from ota_daemon.model import PinnedVersion, SlotInfo, SourceKind
 from ota_daemon.state import JournalData, Phase
+from ota_daemon.versions import check_downgrade
 
 # =========================================================================== results
 
@@ -126,14 +126,8 @@ class Action(enum.StrEnum):
 class Decision:
     action: Action
     reason: str = ""
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural order: ``1.10.0 > 1.9.2``, ``build-20260401 > build-20251231``."""
-    parts: list[tuple[int, int | str]] = []
-    for chunk in re.findall(r"\d+|[A-Za-z]+", version):
-        parts.append((1, int(chunk)) if chunk.isdigit() else (0, chunk.lower()))
-    return tuple(parts)
+    #: something worth telling alongside the decision (policy.downgrade could not order the versions)
+    note: str = ""
 
 
 def in_windows(windows: list[Window] | None, when: datetime) -> bool:
@@ -173,14 +167,20 @@ def decide(
         return Decision(Action.REFUSE, f"version {target.version} is quarantined: {entry.reason} (clear with 'ota-daemon retry {target.version}')")
     if target.gate is not None and target.gate.hold:
         return Decision(Action.HOLD, target.gate.hold)
-    # signed metadata: the hub compared release counters (refusing a lower one unless it is an
-    # intended rollback), not version strings
-    if target.gate is None and not policy.allow_downgrade and version_key(target.version) < version_key(current_version):
-        return Decision(Action.REFUSE, f"version {target.version} is older than the running {current_version}; downgrades need policy.allow_downgrade")
+    # the tag is the operator's intent: any other version is installed, older ones only
+    # refused on request and when the order is certain (ota_daemon/versions.py). With signed
+    # metadata the hub compared release counters (refusing a lower one unless it is an
+    # intended rollback), not version strings.
+    note = ""
+    if target.gate is None:
+        order = check_downgrade(target.version, current_version, policy.downgrade)
+        if order.refuse:
+            return Decision(Action.REFUSE, order.reason or "")
+        note = order.reason or ""
     if not in_windows(policy.install_window, now_local):
         windows = ", ".join(w.text for w in policy.install_window or [])
-        return Decision(Action.DEFER, f"outside the install window ({windows})")
-    return Decision(Action.INSTALL, f"{current_version} -> {target.version}")
+        return Decision(Action.DEFER, f"outside the install window ({windows})", note)
+    return Decision(Action.INSTALL, f"{current_version} -> {target.version}", note)
 
 
 def choose_mode(configured: str, kinds: frozenset[SourceKind], *, local: bool) -> SourceKind:

@@ -47,9 +47,9 @@ async def test_image_for_another_system(world: SimWorld) -> None:
 
 
 async def test_downgrade(world: SimWorld) -> None:
-    """An older version behind the tag: refused unless policy.allow_downgrade."""
+    """An older version behind the tag: refused when policy.downgrade = "refuse"."""
     world.publish("0.9.0")
-    result = await run(world)
+    result = await run(world, policy={"downgrade": "refuse"})
     assert result.result is Result.BLOCKED and "downgrade" in result.message and untouched(world)
 
 

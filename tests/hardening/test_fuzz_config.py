@@ -354,7 +354,7 @@ overlays = st.one_of(
             **overlay_values,
             "installer": st.just({"kind": "rauc"}),
             "hub": st.just({"url": "http://evil.example/", "allow_insecure": True}),
-            "policy": st.just({"allow_downgrade": True, "reboot": "manual"}),
+            "policy": st.just({"allow_downgrade": True, "downgrade": "allow", "reboot": "manual"}),
         },
     ),
     st.dictionaries(
@@ -368,6 +368,7 @@ overlays = st.one_of(
                     "reboot",
                     "path",
                     "allow_downgrade",
+                    "downgrade",
                     "kind",
                     "url",
                 ]
@@ -419,7 +420,7 @@ def test_apply_overlay_never_raises_and_never_touches_local_only_keys(
         "https://repo.example/",
         False,
     )
-    assert effective.policy.allow_downgrade is False
+    assert (effective.policy.downgrade, effective.policy.allow_downgrade) == (base_config.policy.downgrade, None)
     assert math.isfinite(effective.poll.interval) and effective.poll.interval <= MAX_DURATION
     if isinstance(overlay, dict) and set(overlay) - set(OVERLAY_KEYS) - {
         "retryFailed",
