@@ -53,11 +53,13 @@ class Engine(PostReboot):
         await self.telemetry.update_status(currentVersion=current, runningSlot=info.booted, agent=_agent())
         self.telemetry.set_local(lastCheck=_iso(self.clock.now()))
 
+        # one effective configuration for the whole pass, before anything acts on it: a reboot
+        # policy or window from the hub holds for the resume step too
+        config = await self._effective_config()
         finished = await self._resume(data, info, current, dry_run=dry_run)
         if finished is not None:
             return finished
 
-        config = await self._effective_config()
         path = config.hub.path
         if not path:
             raise ConfigError("hub.path: required ('repository/package/tag'), in the config file or the hub's config property")

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from ota_daemon.config import Config, apply_overlay
+from ota_daemon.config import OVERLAY_FLAGS, Config, apply_overlay
 from ota_daemon.download import local_path
 from ota_daemon.engine.decisions import PassResult, Result, choose_mode, in_windows
 from ota_daemon.engine.endings import Endings
@@ -31,7 +31,7 @@ from ota_daemon.model import (
     VersionDocument,
 )
 from ota_daemon.redact import redact_url
-from ota_daemon.state import AssetRef, Attempt, Phase, atomic_write, new_attempt_id
+from ota_daemon.state import AssetRef, Attempt, Phase, _read_regular, atomic_write, new_attempt_id
 from ota_daemon.telemetry import Event, State
 
 
@@ -115,11 +115,24 @@ class InstallHalf(Endings):
 
     # ------------------------------------------------------------------ the install half
     async def _effective_config(self) -> Config:
+        """Local config ⊕ the hub's config property: computed once, first thing in a pass, and
+        used by every step of it (resume, schedule, windows, deferral, reboot policy).
+
+        The last overlay the hub gave is kept in ``<state.dir>/hub-config.json``: when the hub
+        does not answer (after a reboot, before the network is up) it still holds."""
+        saved = self.journal.dir / HUB_CONFIG_FILE
+        fresh = True
         try:
             overlay = await self.hub.read_config()
-        except HubError as exc:
-            overlay = None
-            await self._warn_once("config-property", f"hub config property unreadable: {exc}; local config in force")
+        except (HubError, TransientError) as exc:
+            fresh = False
+            overlay = _read_saved_overlay(saved)
+            held = "the last one it gave holds" if overlay is not None else "local config in force"
+            await self._warn_once("config-property", f"hub config property unreadable: {exc}; {held}")
+        if fresh:
+            _save_overlay(saved, overlay)
+        else:
+            overlay = {k: v for k, v in overlay.items() if k not in OVERLAY_FLAGS} if isinstance(overlay, dict) else None
         config, problems = apply_overlay(self.config, overlay)
         self._overlay_flags = {k: overlay.get(k) for k in ("retryFailed",)} if isinstance(overlay, dict) else {}
         for problem in problems:
@@ -286,3 +299,28 @@ class InstallHalf(Endings):
         await self.installer.reboot(spare=True)
         return PassResult(Result.REBOOTING, current, attempt.target_version, f"installed {attempt.target_version} into slot {attempt.target_slot}; rebooting")
 
+
+
+#: the hub's last config property, for passes in which the hub does not answer
+HUB_CONFIG_FILE = "hub-config.json"
+
+
+def _read_saved_overlay(path: Path) -> Any:
+    try:
+        raw = _read_regular(path, 1 << 20)
+        return json.loads(raw) if isinstance(raw, bytes) else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _save_overlay(path: Path, overlay: Any) -> None:
+    """Keep the hub's property (written only when it changed; removed when the hub has none)."""
+    try:
+        if overlay is None:
+            path.unlink(missing_ok=True)
+            return
+        data = json.dumps(overlay, sort_keys=True).encode()
+        if _read_saved_overlay(path) != json.loads(data):
+            atomic_write(path, data)
+    except (OSError, ValueError, TypeError, RecursionError):
+        return  # the overlay applies this pass all the same

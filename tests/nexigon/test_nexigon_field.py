@@ -116,3 +116,26 @@ async def test_daemon_polls_at_the_hubs_interval(nexigon_hub_double: NexigonDoub
     waits = [s for s in clock.slept if s > 0]
     assert len(waits) >= 2
     assert all(600 <= w <= 630 for w in waits[:2]), waits
+
+
+async def test_hub_reboot_policy_holds_for_every_pass(nexigon_hub_double: NexigonDouble, sim: SimWorld) -> None:
+    """rebootPolicy "manual" from the hub holds for the pass that installs and for the passes
+    that resume the pending reboot (pass 2 rebooted under the local 'immediate'), also when
+    the hub does not answer: the last overlay it gave is kept in the state directory."""
+    double, clock = nexigon_hub_double, FakeClock()
+    release(double, sim, "1.0.0")
+    release(double, sim, "1.1.0")
+    double.set_config({"rebootPolicy": "manual"})
+    first = await run(double, sim, clock, policy={"reboot": "immediate"})
+    assert first.result is Result.REBOOT_PENDING, first.message
+    second = await run(double, sim, clock, policy={"reboot": "immediate"})
+    assert second.result is Result.REBOOT_PENDING, second.message
+    info = sim.device.info()
+    assert info.booted == "a" and info.version_of("a") == "1.0.0"
+    double.hub_offline()
+    third = await run(double, sim, clock, policy={"reboot": "immediate"})
+    assert third.result is Result.REBOOT_PENDING, third.message
+    assert sim.device.info().booted == "a"
+    double.hub_online()
+    double.set_config(None)  # the operator lifts it: the local policy reboots
+    assert (await run(double, sim, clock, policy={"reboot": "immediate"})).result is Result.REBOOTING
