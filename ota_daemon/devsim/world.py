@@ -568,7 +568,7 @@ class World:
         named = f"{status.get('reason')} {status.get('lastError')} {[q.get('version') for q in status.get('quarantined') or [] if isinstance(q, dict)]}"
         if target in named:
             return None
-        message = f"did not converge to {target}: running {self.running_version()}, status {json.dumps({k: self.status().get(k) for k in ('state', 'reason', 'lastError', 'targetVersion')})}"
+        message = f"did not converge to {target}: running {self.running_version()} (booted system: {self.model.behaviour().value}), status {json.dumps({k: self.status().get(k) for k in ('state', 'reason', 'lastError', 'targetVersion')})}"
         self.violate(message)
         return message
 
