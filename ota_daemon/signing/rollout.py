@@ -11,6 +11,7 @@ A halt (a flag in the timestamp) stops new installs; devices already on the rele
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ class Schedule:
     def to_json(self) -> dict[str, Any]:
         """Integers only: TUF signs canonical JSON, which has no floats (percent: whole points)."""
         return {
-            "start": round(self.start),
+            "start": math.floor(self.start),  # never later than asked: a stage opened now stays open
             "stages": [{"after": round(s.after), "percent": round(s.percent)} for s in self.stages],
             "canaries": sorted(self.canaries),
             "stagger": round(self.stagger),
