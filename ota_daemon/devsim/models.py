@@ -492,20 +492,21 @@ class RugixModel(Model):
     def info(self) -> SlotInfo:
         return parse_system_info(json.dumps(self.system_info()), boot_id=self.boot_id)
 
-    def foreign_message(self, name: str) -> str:
-        return "rugix: installing failed: bundle verification failed, refusing to install update"
-
     async def install(self, source: InstallSource, *, progress: ProgressCallback | None = None, version: str | None = None, bundle_hash: str | None = None) -> InstallOutcome:
+        """Rugix checks no compatibility: a bundle is refused only by its hash, which is known
+        once it is written (the spare group then holds a bundle that is not recorded)."""
         boot = self.state["boot"]
         if self.booted != boot["default"]:
             raise InstallerError("rugix: installing failed: system needs to be committed before installing an update", backend="rugix", phase="installing")
         header, _ = await self._read_image(source)
-        self._refuse_foreign(header)
         target = self.other(boot["default"])
         self.effect("model:install:begin")
         if boot.get("tryNext") == target:
             boot["tryNext"] = None
         self._write(target, header)
+        if header.get("name") != self.system:
+            self.state["slots"][target]["complete"] = False
+            raise InstallerError("rugix: installing failed: unable to read bundle: bundle hash mismatch", backend="rugix", phase="installing")
         self.effect("model:install:written")
         return InstallOutcome(target_slot=target, version=header.get("version"))
 

@@ -235,13 +235,15 @@ class SwupdateDevice:
         devices: dict[str, str] | None = None,
         rootpart: dict[str, str] | None = None,
         name: str | None = None,
+        hardware: str = "1.0",
     ) -> Path:
         """A CMS-signed .swu: mode copy1 writes slot A, copy2 slot B, each switching ``rootpart``.
 
         Fault options: ``corrupt_payload`` (hash mismatch), ``tamper_description`` (signature no
         longer matches), ``rogue_signer`` (signed under another CA), ``devices`` (override a
         slot's device path, e.g. a missing one for a handler failure), ``rootpart`` (override the
-        value a mode sets).
+        value a mode sets), ``hardware`` (the hardware revision it is built for: anything but
+        ``1.0`` is refused by this board).
         """
         payload = make_payload(version, size) if payload is None else payload
         sha = hashlib.sha256(payload).hexdigest()
@@ -259,7 +261,7 @@ class SwupdateDevice:
             "software = {\n"
             f'  version = "{version}";\n'
             f'  description = "ota-daemon test update {version}";\n'
-            '  hardware-compatibility = [ "1.0" ];\n'
+            f'  hardware-compatibility = [ "{hardware}" ];\n'
             "  stable = {\n"
             f"    copy1 = {{ {mode('A')} }};\n"
             f"    copy2 = {{ {mode('B')} }};\n"
