@@ -8,6 +8,7 @@ was expected.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import re
 import stat
 import string
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,6 +160,16 @@ class SystemConfig(_Section):
     version: str | None = Field(default=None, description="running version; normally read from build-info")
 
 
+#: the hubs of :mod:`ota_daemon.hubs` (listed here so that the schema does not import them)
+HUB_KINDS = ("static", "nexigon")
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 _PATH_PART = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
 
 
@@ -215,10 +226,8 @@ class HubConfig(_Section):
     @field_validator("kind")
     @classmethod
     def _check_kind(cls, value: str) -> str:
-        from ota_daemon.hubs import HUBS
-
-        if value not in HUBS:
-            raise ValueError(f"unknown hub kind {value!r}; valid: {', '.join(sorted(HUBS))}")
+        if value not in HUB_KINDS:
+            raise ValueError(f"unknown hub kind {value!r}{_did_you_mean(value, HUB_KINDS)}; valid: {', '.join(sorted(HUB_KINDS))}")
         return value
 
 
@@ -274,7 +283,7 @@ class SwupdateConfig(_Section):
     cmdline_path: Path = Path("/proc/cmdline")
     cmdline_arg: str = Field(default="root", description="kernel argument whose value names the booted slot")
     cmdline_map: dict[str, str] = Field(default_factory=dict, description="kernel argument value -> slot, e.g. /dev/mmcblk0p2 = A")
-    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+    boot_id_file: Path = Field(default=Path("/proc/sys/kernel/random/boot_id"), description="as installer.rugix/rauc.boot_id_file; the old name boot_id_path is still accepted")
     fw_env_config: Path | None = Field(default=None, description="fw_printenv/fw_setenv -c; must describe the env swupdate uses (/etc/fw_env.config in 2022.12)")
     fw_printenv_bin: str = "fw_printenv"
     fw_setenv_bin: str = "fw_setenv"
@@ -297,6 +306,20 @@ class SwupdateConfig(_Section):
             if "\n" in text or "\x00" in text:
                 raise ValueError(f"bootloader variable {name!r}: the value must be one line")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "boot_id_path" in data:
+            if "boot_id_file" in data:
+                raise ValueError("boot_id_path is the old name of boot_id_file: set only boot_id_file")
+            data = {("boot_id_file" if k == "boot_id_path" else k): v for k, v in data.items()}
+        return data
+
+    @property
+    def boot_id_path(self) -> Path:
+        """The old name of :attr:`boot_id_file`."""
+        return self.boot_id_file
 
     @field_validator("selection")
     @classmethod
@@ -545,18 +568,71 @@ class Config(BaseSettings):
 # --------------------------------------------------------------------------- loading
 
 
+def _model_at(path: list[str]) -> type[BaseModel] | None:
+    """The section model that holds the keys under ``path`` (``["hub"]`` -> HubConfig)."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        found: type[BaseModel] | None = None
+        stack: list[Any] = [field.annotation]
+        while stack:
+            annotation = stack.pop()
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found = annotation
+                break
+            stack.extend(getattr(annotation, "__args__", ()))
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def suggest_key(loc: list[str]) -> str:
+    """`` (did you mean 'hub.path'?)`` for an unknown key ``loc`` when a valid one is close."""
+    model = _model_at(loc[:-1])
+    if model is None or not loc:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean '{'.'.join([*loc[:-1], close[0]])}'?)" if close else ""
+
+
+def _env_name(parts: list[str]) -> str:
+    return ENV_PREFIX + "__".join(parts).upper()
+
+
 def _format_error(err: Mapping[str, Any], source: str, env: Mapping[str, str]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "(top level)"
-    env_name = ENV_PREFIX + "__".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)).upper()
-    where = f"environment variable {env_name}" if env_name in {k.upper() for k in env} else source
+    parts = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+    loc = ".".join(parts) or "(top level)"
+    env_name = _env_name(parts)
+    names = sorted(k.upper() for k in env)
+    matches = [k for k in names if k == env_name or k.startswith(env_name + "__")] if parts else []
+    where = f"environment variable {matches[0]}" if matches else source
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return f"{where}: unknown key '{loc}'"
+        return f"{where}: unknown key '{loc}'{suggest_key(parts)}"
     msg = str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
     given = err.get("input")
     shown = "" if isinstance(given, dict | list) or given is None or "got " in msg else f" (got {str(given)[:60]!r})"
     return f"{where}: key '{loc}': {msg}{shown}"
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """Every ``OTA_DAEMON_*`` variable names a section and key that exist (as unknown keys in
+    the file are errors, so are unknown variables)."""
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in ENV_RESERVED:
+            continue
+        parts = upper[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in Config.model_fields:
+            sections = list(Config.model_fields)
+            raise ConfigError(
+                f"environment variable {name}: unknown section '{parts[0]}'{_did_you_mean(parts[0], sections)}; "
+                f"expected OTA_DAEMON_<SECTION>__<KEY> with a section of {', '.join(sections)}"
+            )
 
 
 def config_path(cli_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
@@ -566,6 +642,52 @@ def config_path(cli_path: str | Path | None = None, env: Mapping[str, str] | Non
     if env.get(ENV_CONFIG):
         return Path(env[ENV_CONFIG])
     return DEFAULT_CONFIG_PATH
+
+
+def where_looked(cli_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Where the configuration file was looked for, in words (for "not found" messages)."""
+    env = os.environ if env is None else env
+    path = config_path(cli_path, env)
+    how = "--config" if cli_path else (f"${ENV_CONFIG}" if env.get(ENV_CONFIG) else "the default; name another with --config PATH or $OTA_DAEMON_CONFIG")
+    return f"{path} ({how})"
+
+
+def has_config(cli_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """A configuration file exists where one is looked for, or variables configure the daemon."""
+    env = os.environ if env is None else env
+    if config_path(cli_path, env).exists():
+        return True
+    return any(k.upper().startswith(ENV_PREFIX) and k.upper() not in ENV_RESERVED for k in env)
+
+
+def config_sources(cli_path: str | Path | None, config: Config, env: Mapping[str, str] | None = None) -> list[str]:
+    """What ``config`` was loaded from, for the start-up line: files, then variables."""
+    env = os.environ if env is None else env
+    path = config_path(cli_path, env)
+    out = [str(path) if path.exists() else f"no file at {path} (defaults)"]
+    legacy = config.hub.legacy_config
+    if config.hub.kind == "nexigon" and legacy and str(legacy) and Path(legacy).is_file():
+        out.append(str(legacy))
+    out += sorted(k.upper() for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in ENV_RESERVED)
+    return out
+
+
+def locate_error(message: str, cli_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> str:
+    """A message about a key (``hub.url: …``) found wrong after loading, prefixed with where
+    that key was set: the environment variable, the file, or no file at all."""
+    env = os.environ if env is None else env
+    key = message.split(":", 1)[0].strip()
+    parts = key.split(".")
+    if len(parts) < 2 or parts[0] not in Config.model_fields or " " in key:
+        return message
+    rest = message.split(":", 1)[1].strip()
+    name = _env_name(parts)
+    if any(k.upper() == name for k in env):
+        return f"environment variable {name}: key '{key}': {rest}"
+    path = config_path(cli_path, env)
+    if path.exists():
+        return f"{path}: key '{key}': {rest}"
+    return f"no configuration file at {where_looked(cli_path, env)}: key '{key}': {rest}"
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -598,13 +720,14 @@ def build_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
         raise ConfigError(
             f"environment variable {unknown[0]}: expected OTA_DAEMON_<SECTION>__<KEY> (or OTA_DAEMON_CONFIG)"
         )
+    _check_env_names(env)
     for k, v in env.items():
         if k.upper().startswith(ENV_PREFIX) and ("\x00" in k or "=" in k or "\x00" in v):
             raise ConfigError(f"environment variable {_shown(k)}: a NUL byte in its name or value, or '=' in its name")
     for key in data:
         # pydantic-settings reads "_env_file", "_secrets_dir", "_cli_parse_args", ... as options
         if not isinstance(key, str) or key not in Config.model_fields:
-            raise ConfigError(f"{source}: unknown key '{key}'")
+            raise ConfigError(f"{source}: unknown key '{key}'{suggest_key([key]) if isinstance(key, str) else ''}")
     saved = {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
     try:
         # pydantic-settings reads os.environ; make it see exactly ``env``.

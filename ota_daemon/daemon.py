@@ -6,6 +6,11 @@
 - Waits are measured on the monotonic clock (time since boot), never by subtracting wall-clock
   readings: NTP moving the wall clock by days neither skips nor stretches a wait. The wall
   clock only names the next check for people.
+- The jitter adds a random delay of up to ``poll.jitter`` to the interval, capped at a tenth of
+  the interval (a short interval stays short).
+- Logs one start-up line naming the configuration file(s), hub, path, installer, state
+  directory and interval; each pass ends with a line giving the result and the next check
+  (jitter included, with its time zone), which ``status.json`` holds as ``nextCheck``.
 - SIGUSR1 checks now; SIGHUP reloads the configuration (a bad new file is reported and the old
   one stays in force); SIGTERM/SIGINT stop cleanly: a running pass is awaited through
   ``asyncio.shield`` (an install is never cancelled halfway), then STOPPING=1.
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from ota_daemon.clock import Clock, SystemClock
+from ota_daemon.clock import Clock, SystemClock, iso
 from ota_daemon.config import Config, load_config
 from ota_daemon.engine import PassResult, Result
 from ota_daemon.errors import ConfigError, LockHeld, OtaError, TransientError
@@ -68,6 +73,30 @@ def backoff_delay(failures: int, *, interval: float, base: float = 10.0, rng: ra
     return rng.uniform(cap / 2, cap)
 
 
+#: the random delay added to the interval is at most this fraction of the interval
+JITTER_FRACTION = 0.1
+
+#: the level of the "pass done" line by result: failures are not news at info level
+_PASS_LOG_LEVEL = {Result.FAILED: "error", Result.ROLLED_BACK: "error", Result.BLOCKED: "warning"}
+
+
+def effective_jitter(interval: float, jitter: float) -> float:
+    """``poll.jitter``, capped at :data:`JITTER_FRACTION` of the interval."""
+    return max(0.0, min(jitter, interval * JITTER_FRACTION))
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole != seconds or whole == 0:
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)
+
+
 def _human_rate(rate: float | None) -> str:
     if not rate:
         return ""
@@ -103,6 +132,8 @@ class Daemon:
         self.last_status = ""
         self.passes = 0
         self.last_result: PassResult | None = None
+        #: the pass result whose next check was announced, and its delay (jitter included)
+        self.planned: tuple[PassResult | None, float] = (None, 0.0)
         #: builds the engine of a pass (``app.open_engine``); the device simulator injects its own
         self.engine_factory: Callable[..., contextlib.AbstractAsyncContextManager[Engine]] | None = None
 
@@ -120,10 +151,11 @@ class Daemon:
         self.wake.set()
 
     def check_now(self) -> None:
-        log.info("check requested (SIGUSR1)")
+        log.info("SIGUSR1 received: checking now")
         self.wake.set()
 
     def request_reload(self) -> None:
+        log.info("SIGHUP received: reloading the configuration")
         self.reload_requested = True
         self.wake.set()
 
@@ -136,8 +168,26 @@ class Daemon:
         except ConfigError as exc:
             log.error("configuration reload failed; keeping the previous one", error=str(exc))
         else:
-            log.info("configuration reloaded")
+            self.log_settings("configuration reloaded")
         self.notifier.notify("READY=1")
+
+    def log_settings(self, message: str) -> None:
+        """One line: what this daemon runs with (files, hub, path, installer, state, interval)."""
+        from ota_daemon.config import config_sources
+        from ota_daemon.redact import redact_url
+
+        c = self.config
+        log.info(
+            message,
+            config=", ".join(config_sources(self.config_path, c)),
+            hub=c.hub.kind,
+            hub_url=redact_url(c.hub.url) if c.hub.url else None,
+            path=c.hub.path,
+            installer=c.installer.kind,
+            state_dir=str(c.state.dir),
+            interval=_duration(c.poll.interval),
+            jitter=_duration(effective_jitter(c.poll.interval, c.poll.jitter)),
+        )
 
     # ------------------------------------------------------------------ status line
     def set_status(self, text: str) -> None:
@@ -163,6 +213,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.install_signal_handlers(loop)
         self.schedule(self.config.poll.initial_delay)
+        self.log_settings("ota-daemon started")
         self.notifier.notify("READY=1")
         first = self.clock.now() + self.config.poll.initial_delay
         self.set_status(f"starting, first check {datetime.fromtimestamp(first).strftime('%H:%M:%S')}")
@@ -232,24 +283,41 @@ class Daemon:
             delay = backoff_delay(self.failures, interval=self.effective.poll.interval, rng=self.rng)
             if exc.retry_after:
                 delay = max(delay, min(self.effective.poll.interval, exc.retry_after))
-            log.warning("pass failed transiently; backing off", error=str(exc), retry_in=round(delay, 3))
+            log.warning("pass failed transiently; backing off", error=str(exc), retry_in=round(delay, 3), next_check=iso(self.clock.now() + delay))
             self.set_status(f"hub unavailable, retry in {delay:.0f}s")
+            self._record_next_check(self.clock.now() + delay)
             return delay
         except OtaError as exc:
             self.failures += 1
-            log.error("pass failed", error=str(exc))
+            delay = backoff_delay(self.failures, interval=self.effective.poll.interval, rng=self.rng)
+            log.error("pass failed", error=str(exc), next_check=iso(self.clock.now() + delay))
             self.set_status(f"error: {str(exc)[:100]}")
-            return backoff_delay(self.failures, interval=self.effective.poll.interval, rng=self.rng)
+            self._record_next_check(self.clock.now() + delay)
+            return delay
         finally:
             self.current = None
         self.failures = 0
         self.passes += 1
         self.last_result = result
+        planned_for, delay = self.planned
+        return delay if planned_for is result else self.next_delay(result)
+
+    def _record_next_check(self, when: float) -> None:
+        """``nextCheck`` in status.json after a pass that failed (a pass that ran writes it itself)."""
+        from ota_daemon.state import StateLock
+        from ota_daemon.telemetry import Telemetry
+
+        with contextlib.suppress(OtaError, OSError), StateLock(self.config.state.dir, "run"):
+            Telemetry(self.config.state.dir, clock=self.clock, hub=None).set_local(nextCheck=iso(when))
+
+    def next_delay(self, result: PassResult) -> float:
+        """Seconds from the end of a successful pass to the next one, jitter included."""
+        interval = self.effective.poll.interval
         if result.result in (Result.REBOOTING, Result.COMPLETED) or result.result is Result.ROLLED_BACK:
             # after a reboot request (or a finished attempt) look again soon: the post-reboot
             # half runs in the next pass if this process survives the reboot (simulated devices)
-            return min(self.effective.poll.interval, 5.0)
-        return self.effective.poll.interval + self.rng.uniform(0, self.effective.poll.jitter)
+            return min(interval, 5.0)
+        return interval + self.rng.uniform(0, effective_jitter(interval, self.effective.poll.jitter))
 
     async def _pass(self) -> PassResult:
         from ota_daemon.app import open_engine
@@ -270,12 +338,14 @@ class Daemon:
                         self.effective = engine.effective
                     with contextlib.suppress(OtaError):
                         await engine.telemetry.flush()
-                interval = self.effective.poll.interval
-                upcoming = self.clock.now() + (min(interval, 5.0) if result.result is Result.REBOOTING else interval)
+                delay = self.next_delay(result)
+                self.planned = (result, delay)
+                upcoming = self.clock.now() + delay
                 self.next_check = upcoming
-                engine.telemetry.set_local(nextCheck=datetime.fromtimestamp(upcoming).isoformat(timespec="seconds"))
+                engine.telemetry.set_local(nextCheck=iso(upcoming))
                 self.set_status(self.idle_status(engine.telemetry.status))
-                log.info("pass done", result=result.result.value, message=result.message)
+                level = _PASS_LOG_LEVEL.get(result.result, "info")
+                getattr(log, level)("pass done", result=result.result.value, message=result.message, next_check=iso(upcoming))
                 return result
 
 

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from ota_daemon.app import open_engine
 from ota_daemon.config import build_config
+from ota_daemon.console import ProgressBar, format_event, print_status, read_status
 from ota_daemon.engine import PassResult, Result
 from ota_daemon.testing import SimWorld
 
@@ -40,7 +41,6 @@ def prepare(root: Path, *, payload_mib: int = 24) -> dict[str, Any]:
 
 async def run_demo(out: TextIO, *, keep: Path | None = None) -> int:
     from ota_daemon import logs
-    from ota_daemon.cli import ProgressBar, print_status
 
     logs.configure("warning", "auto")
 
@@ -53,6 +53,8 @@ async def run_demo(out: TextIO, *, keep: Path | None = None) -> int:
         result: PassResult | None = None
         async with open_engine(config) as engine:
             engine.telemetry.progress_listeners.append(bar.update)
+            engine.telemetry.log_progress = not bar.tty
+            logs.set_interrupter(bar.interrupt if bar.tty else None)
             for step in range(4):
                 out.write(f"\n== pass {step + 1}: ota-daemon check\n")
                 result = await engine.reconcile()
@@ -63,8 +65,15 @@ async def run_demo(out: TextIO, *, keep: Path | None = None) -> int:
                     out.write(f"   (simulated reboot: now booted from slot {info.booted}, on trial: {not info.committed})\n")
                     continue
                 break
+            logs.set_interrupter(None)
             out.write("\n== ota-daemon status\n")
-            print_status(engine, out, await engine.installer.slot_info())
+            view = await read_status(config, events=0)
+            print_status(view, out)
+            # every event of the demo (its state directory is fresh), progress steps left out
+            shown = [e for e in engine.telemetry.recent_events(10_000) if e.get("attributes", {}).get("event") != "progress"]
+            out.write(f"events of this demo ({len(shown)}, progress steps left out):\n")
+            for event in shown:
+                out.write(f"  {format_event(event)}\n")
         ok = result is not None and result.result is Result.COMPLETED
         out.write("\ndemo: " + ("1.1.0 committed. Done.\n" if ok else "did not complete.\n"))
         return 0 if ok else 1

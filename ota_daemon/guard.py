@@ -238,10 +238,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     state_dir = Path(r.string("state", "dir", default="/var/lib/ota-daemon"))
     device_dir = r.get("installer", "simulated", "device_dir")
     boot_id_file = BOOT_ID_FILE
-    if kind in ("rugix", "rauc"):
-        boot_id_file = Path(r.string("installer", kind, "boot_id_file", default=str(BOOT_ID_FILE)))
-    elif kind == "swupdate":
-        boot_id_file = Path(r.string("installer", "swupdate", "boot_id_path", default=str(BOOT_ID_FILE)))
+    if kind in ("rugix", "rauc", "swupdate"):
+        # installer.swupdate.boot_id_path: the old name of boot_id_file, still read
+        old = r.string("installer", kind, "boot_id_path", default=str(BOOT_ID_FILE)) if kind == "swupdate" else str(BOOT_ID_FILE)
+        boot_id_file = Path(r.string("installer", kind, "boot_id_file", default=old))
     fw_printenv: tuple[str, ...] = (r.string("installer", "swupdate", "fw_printenv_bin", default="fw_printenv"),)
     if r.get("installer", "swupdate", "fw_env_config") is not None:
         fw_printenv += ("-c", r.string("installer", "swupdate", "fw_env_config", default=""))

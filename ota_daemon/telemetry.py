@@ -106,6 +106,9 @@ _SEVERITY = {
     Event.PROGRESS: "Debug",
 }
 
+#: the log level of an event's log line, by its severity (journald PRIORITY follows the level)
+_LOG_LEVEL = {"Error": "error", "Warning": "warning", "Info": "info", "Debug": "info"}
+
 #: fields of the status document that the hub sees; the local copy adds volatile ones
 HUB_STATUS_FIELDS = (
     "state",
@@ -159,6 +162,8 @@ class Telemetry:
         self.progress_listeners: list[ProgressListener] = []
         self.status_listeners: list[StatusListener] = []
         self.context: dict[str, Any] = {}
+        #: log progress events (off while a progress bar shows them on the terminal)
+        self.log_progress = True
 
     # ------------------------------------------------------------------ events
     async def emit(self, event: Event, body: str | None = None, *, key: str | None = None, **attributes: Any) -> dict[str, Any] | None:
@@ -185,7 +190,9 @@ class Telemetry:
         if self.deliver:
             self._append(self.spool_path, line, self.max_spool, count_drops=True, durable=True)
             await self.flush()
-        log.info(record["body"], **{k: v for k, v in record["attributes"].items() if k != "event"}, event_kind=event.value)
+        if event is not Event.PROGRESS or self.log_progress:
+            level = _LOG_LEVEL.get(record["severity"], "info")
+            getattr(log, level)(record["body"], **{k: v for k, v in record["attributes"].items() if k != "event"}, event_kind=event.value)
         return record
 
     def _seen(self, key: str) -> bool:
@@ -443,3 +450,14 @@ def _count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: os.read(fd, 1 << 16), b""))
     finally:
         os.close(fd)
+
+
+def read_status_file(state_dir: Path) -> dict[str, Any]:
+    """``status.json`` of ``state_dir`` without creating anything (``{}`` when absent)."""
+    return _read_json(state_dir / "status.json") or {}
+
+
+def read_recent_events(state_dir: Path, limit: int = 20) -> list[dict[str, Any]]:
+    """The last ``limit`` events of ``state_dir`` without creating anything."""
+    events = [event for line in _read_lines(state_dir / "events.jsonl") if (event := _parse_event(line)) is not None]
+    return events[-limit:] if limit > 0 else []

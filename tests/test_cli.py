@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +191,349 @@ def test_world_writable_config_is_reported(world: SimWorld) -> None:
     assert cli("--config", str(config), "check").returncode == 0
     warnings = [e["body"] for e in events(world) if e["attributes"]["event"] == "warning"]
     assert any("writable" in w for w in warnings), warnings
+
+
+# --------------------------------------------------------------------------- the operator's first hour
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    """No Python traceback, and no bare exception line (``FileNotFoundError: ...``)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not [line for line in result.stderr.splitlines() if re.match(r"[A-Za-z_.]+(Error|Exception): ", line)], result.stderr
+
+
+def log_records(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a run off a TTY."""
+    out = []
+    for line in stderr.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and "event" in record:
+                out.append(record)
+    return out
+
+
+def test_install_takes_a_relative_path_as_a_file(world: SimWorld) -> None:
+    """`install junk.img` and `install ./junk.img`: a path that exists is a file, not a URL."""
+    image = world.image("2.0.0")
+    config = str(world.toml())
+    result = subprocess.run(
+        [sys.executable, "-m", "ota_daemon", "--config", config, "install", f"./{image.name}"],
+        cwd=image.parent, capture_output=True, text=True, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_")},
+    )
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert "rebooting" in result.stdout
+    info = world.device.info()
+    assert info.version_of(info.booted) == "2.0.0"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["install", "missing.img"], "missing.img: no such file"),
+        (["install", "./missing.img", "--sha256", "0" * 64], "no such file"),
+        (["install", "ftp://example.com/x.img"], "expected a file, or an http://"),
+        (["install", "{image}", "--sha256", "xyz"], "expected 64 hexadecimal digits"),
+        (["status", "--events", "-1"], "at least 0"),
+        (["status", "--events", "many"], "expected a whole number"),
+        (["sim", "image", "nodir/x.img", "--name", "a", "--image-version", "1"], "nodir/x.img: No such file or directory"),
+        (["sim", "boot", "nodir"], "nodir: no simulated device here"),
+        (["repo", "publish", "{root}/repo", "a/b/c", "--image-version", "1", "nofile.img"], "nofile.img: no such file"),
+        (["repo", "tag", "{root}/repo", "a/b", "1"], "expected 'repository/package/tag'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(world: SimWorld, args: list[str], expected: str) -> None:
+    """A bad argument is a usage error: exit 2, one line saying what is wrong, no traceback,
+    nothing installed."""
+    image = world.image("2.0.0")
+    args = [a.replace("{image}", str(image)).replace("{root}", str(world.root)) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "ota_daemon", "--config", str(world.toml()), *args],
+        cwd=world.root, capture_output=True, text=True, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_")},
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    no_traceback(result)
+    assert expected in result.stderr
+    assert [line for line in result.stderr.splitlines() if not line.startswith(("usage:", " "))] == [result.stderr.splitlines()[-1]]
+    assert world.device.slot_path("b").read_bytes() == b""
+
+
+def test_status_into_a_closed_pipe(world: SimWorld) -> None:
+    """`ota-daemon status --events 200 | head -3`: the reader is gone before the output is
+    written; no BrokenPipeError traceback."""
+    world.publish("1.1.0")
+    assert cli("--config", str(world.toml()), "check", "--dry-run").returncode == 3
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left: every write fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ota_daemon", "--config", str(world.toml()), "status", "--events", "200"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_")},
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 1)
+
+
+def test_status_when_the_installer_is_unreachable(world: SimWorld) -> None:
+    """RAUC's service down: status still shows the journal, the last error and the events, and
+    says the installer is unreachable (exit 0)."""
+    world.publish("1.1.0")
+    assert cli("--config", str(world.toml()), "check").returncode == 0  # installed, rebooting
+    config = world.toml(installer={"kind": "rauc", "rauc": {"bus": f"unix:path={world.root / 'no-bus'}", "call_timeout": "2s"}})
+    result = cli("--config", str(config), "status")
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert "installer:        unreachable: rauc: cannot connect" in result.stdout
+    assert "journal phase:    rebooting" in result.stdout
+    assert "target version:   1.1.0" in result.stdout
+    assert "update installed, rebooting" in result.stdout  # the events are still shown
+    doc = json.loads(cli("--config", str(config), "status", "--json").stdout)
+    assert doc["slots"] is None and "cannot connect" in doc["installerError"]
+
+
+def test_status_creates_nothing(world: SimWorld) -> None:
+    """status is read-only: a fresh state directory is not created (no lock, no status file)."""
+    fresh = world.root / "fresh-state"
+    result = cli("--config", str(world.toml(state={"dir": str(fresh)})), "status")
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert "journal phase:    idle" in result.stdout
+    assert f"no state in {fresh}" in result.stderr
+    assert not fresh.exists()
+
+
+def test_status_without_a_config_says_where_it_looked(tmp_path: Path) -> None:
+    """No configuration: exit 2, naming what is missing and where it looked; nothing created."""
+    missing = tmp_path / "etc" / "config.toml"
+    result = cli("status", env={"OTA_DAEMON_CONFIG": str(missing)})
+    assert result.returncode == 2
+    no_traceback(result)
+    assert f"looked for {missing} ($OTA_DAEMON_CONFIG)" in result.stderr
+    assert "no configuration" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    if not Path("/etc/ota-daemon/config.toml").exists():
+        default = cli("status")
+        assert default.returncode == 2
+        assert "looked for /etc/ota-daemon/config.toml (the default" in default.stderr
+
+
+def test_check_without_a_config_names_the_default_path(tmp_path: Path) -> None:
+    """`check` with no file: the hub.url message says that no file was found, and where."""
+    if Path("/etc/ota-daemon/config.toml").exists():
+        pytest.skip("this machine has /etc/ota-daemon/config.toml")
+    result = cli("check", "--dry-run", env={"OTA_DAEMON_STATE__DIR": str(tmp_path / "state")})
+    assert result.returncode == 2
+    no_traceback(result)
+    assert "no configuration file at /etc/ota-daemon/config.toml" in result.stderr
+    assert "key 'hub.url': required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("tables", "env", "expected"),
+    [
+        ({"hub": {"url": "ftp://example.com/"}}, {}, "{config}: key 'hub.url': expected an http://, https:// or file:// URL"),
+        ({}, {"OTA_DAEMON_HUB__URL": "ftp://example.com/"}, "environment variable OTA_DAEMON_HUB__URL: key 'hub.url': expected an http://"),
+        ({}, {"OTA_DAEMON_POL__INTERVAL": "30m"}, "environment variable OTA_DAEMON_POL__INTERVAL: unknown section 'pol' (did you mean 'poll'?)"),
+        ({"hub": {"pth": "a/b/c"}}, {}, "{config}: unknown key 'hub.pth' (did you mean 'hub.path'?)"),
+        ({"polcy": {"reboot": "manual"}}, {}, "{config}: unknown key 'polcy' (did you mean 'policy'?)"),
+        ({}, {"OTA_DAEMON_POLL__INTERVL": "1h"}, "environment variable OTA_DAEMON_POLL__INTERVL: unknown key 'poll.intervl' (did you mean 'poll.interval'?)"),
+        ({"installer": {"kind": "raucc"}}, {}, "unknown installer 'raucc'"),
+        ({"hub": {"kind": "nexgon"}}, {}, "unknown hub kind 'nexgon' (did you mean 'nexigon'?)"),
+    ],
+)
+def test_config_messages_name_the_file_or_variable(world: SimWorld, tables: dict[str, Any], env: dict[str, str], expected: str) -> None:
+    """Each configuration error names the file or the variable, the key, and (for a typo) the
+    key that was probably meant; exit 2, one line."""
+    base = world.tables()
+    for section, values in tables.items():
+        base[section] = {**base.get(section, {}), **values}
+    config = world.root / "config.toml"
+    from ota_daemon.testing import to_toml
+
+    config.write_text(to_toml(base))
+    result = cli("--config", str(config), "check", "--dry-run", env=env)
+    assert result.returncode == 2, result.stderr
+    no_traceback(result)
+    assert expected.replace("{config}", str(config)) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_failures_are_logged_as_errors_at_warning_level(world: SimWorld) -> None:
+    """`--log-level warning`: a failing pass is still in the log, at level error."""
+    published = world.publish("1.1.0")
+    asset = world.repo_dir / "fleet" / published.document["assets"][0]["url"]
+    data = bytearray(asset.read_bytes())
+    data[-1] ^= 0xFF
+    asset.write_bytes(bytes(data))
+    result = cli("--config", str(world.toml()), "--log-level", "warning", "--log-format", "json", "check")
+    assert result.returncode == 1
+    records = log_records(result.stderr)
+    failed = [r for r in records if r["event"] == "update failed"]
+    assert failed and failed[0]["level"] == "error", result.stderr
+    assert all(r["level"] in ("warning", "error") for r in records)
+
+
+def test_each_log_field_once(world: SimWorld) -> None:
+    """A field bound for the pass (attempt_id) and the same one in an event (attemptId) is
+    logged once: lines do not carry everything twice."""
+    world.publish("1.1.0")
+    result = cli("--config", str(world.toml()), "--log-format", "json", "check")
+    assert result.returncode == 0, result.stderr
+    records = log_records(result.stderr)
+    assert any("attemptId" in r for r in records)
+    for record in records:
+        spellings = [k.replace("_", "").lower() for k in record]
+        assert len(spellings) == len(set(spellings)), record
+
+
+def _terminal_lines(raw: str) -> list[str]:
+    """What a terminal shows: carriage return, erase-line, colours interpreted, line by line."""
+    lines: list[str] = []
+    for text in raw.replace("\r\n", "\n").split("\n"):
+        buf: list[str] = []
+        cursor = 0
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if ch == "\r":
+                cursor = 0
+            elif ch == "\x1b":
+                end = i + 1
+                while end < len(text) and not text[end].isalpha():
+                    end += 1
+                if text[end : end + 1] == "K":
+                    del buf[cursor:]
+                i = end
+            elif cursor < len(buf):
+                buf[cursor] = ch
+                cursor += 1
+            else:
+                buf.append(ch)
+                cursor += 1
+            i += 1
+        lines.append("".join(buf))
+    return lines
+
+
+def _run_in_pty(args: list[str], timeout: float = 120) -> tuple[int, str]:
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_")}
+    proc = subprocess.Popen([sys.executable, "-m", "ota_daemon", *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                raise AssertionError("no output from the command in a pty")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return proc.wait(timeout), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_progress_bar_and_log_lines_do_not_share_a_line(world: SimWorld) -> None:
+    """On a terminal the bar shows progress: no "downloading 25 %" log lines beside it, and a
+    log line written while the bar is drawn starts on a line of its own."""
+    world.publish("1.1.0", size=6 << 20)
+    with serve_directory(world.repo_dir) as server:
+        code, raw = _run_in_pty(["--config", str(world.toml(hub={"url": server.url})), "check"])
+    assert code == 0, raw
+    lines = _terminal_lines(raw)
+    assert any("update downloaded and verified" in line for line in lines), lines
+    for line in lines:
+        has_bar = "] " in line and " %" in line and ("MiB" in line or "[#" in line or "[." in line)
+        assert not (has_bar and ("update" in line or "info" in line)), line
+        assert not re.search(r"(downloading|installing) \d+ %", line), line
+    assert "Traceback" not in raw
+
+
+def test_run_says_what_it_runs_with_and_acknowledges_signals(world: SimWorld) -> None:
+    """`run` logs one start-up line (config file, hub, path, installer, state directory,
+    interval), each pass's result with the next check (with its time zone), and acknowledges
+    SIGUSR1 and SIGHUP."""
+    import queue
+    import signal
+    import threading
+
+    config = world.toml(poll={"interval": "1h", "jitter": "5m"}, log={"format": "json"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_") and k != "NOTIFY_SOCKET"}
+    proc = subprocess.Popen([sys.executable, "-m", "ota_daemon", "--config", str(config), "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    seen: list[dict[str, Any]] = []
+
+    def until(event: str) -> dict[str, Any]:
+        while True:
+            line = lines.get(timeout=60)
+            record = log_records(line)
+            seen.extend(record)
+            if record and record[0]["event"] == event:
+                return record[0]
+
+    try:
+        started = until("ota-daemon started")
+        assert started["config"] == str(config)
+        assert (started["hub"], started["path"], started["installer"]) == ("static", world.path, "simulated")
+        assert started["state_dir"] == str(world.state_dir)
+        assert started["interval"] == "1h" and started["jitter"] == "5m"
+        done = until("pass done")
+        assert done["next_check"].endswith("Z")
+        proc.send_signal(signal.SIGUSR1)
+        until("SIGUSR1 received: checking now")
+        until("pass done")
+        proc.send_signal(signal.SIGHUP)
+        until("SIGHUP received: reloading the configuration")
+        until("configuration reloaded")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    status = json.loads((world.state_dir / "status.json").read_text())
+    assert status["nextCheck"].endswith("Z")
+
+
+async def test_next_check_is_when_the_next_pass_runs(world: SimWorld) -> None:
+    """`nextCheck` includes the jitter and a zone; a short interval keeps its jitter short."""
+    import random
+    from datetime import datetime
+
+    from ota_daemon.clock import FakeClock
+    from ota_daemon.config import build_config
+    from ota_daemon.daemon import Daemon
+
+    class Quiet:
+        def notify(self, state: str) -> None:
+            return None
+
+    clock = FakeClock()
+    config = build_config(world.tables(poll={"interval": "10s", "jitter": "5m"}), source="test", env={})
+    daemon = Daemon(None, config=config, clock=clock, notifier=Quiet(), rng=random.Random(3))
+    delay = await daemon.one_pass()
+    status = json.loads((world.state_dir / "status.json").read_text())
+    assert status["nextCheck"].endswith("Z")
+    announced = datetime.fromisoformat(status["nextCheck"].replace("Z", "+00:00")).timestamp()
+    assert announced == pytest.approx(clock.now() + delay, abs=1.0)
+    assert 10.0 <= delay <= 11.0  # jitter capped at a tenth of the interval
+    shown = cli("--config", str(world.toml()), "status")
+    assert f"next check:       {status['nextCheck']}" in shown.stdout

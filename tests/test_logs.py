@@ -65,3 +65,50 @@ def test_json_lines_when_not_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
     record = json.loads(out.getvalue().strip())
     assert record["event"] == "fetched" and record["level"] == "info"
     assert "abc" not in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("event", "priority", "level"),
+    [("FAILED", "3", "error"), ("ROLLBACK", "3", "error"), ("HEALTH_CHECK_FAILED", "3", "error"), ("BLOCKED", "4", "warning"), ("INSTALLING", "6", "info")],
+)
+async def test_event_severity_sets_level_and_journald_priority(tmp_path: Path, event: str, priority: str, level: str) -> None:
+    """Failures and rollbacks are logged at error (journald PRIORITY 3), deferrals at warning
+    (4), the rest at info (6); a field bound for the pass and the event's own is sent once."""
+    from ota_daemon.clock import FakeClock
+    from ota_daemon.telemetry import Event, Telemetry
+
+    path = tmp_path / "journal.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            logs.redact_processor,
+            logs.field_names_processor,
+            logs.JournaldRenderer(str(path)),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(io.StringIO()),
+    )
+    structlog.contextvars.bind_contextvars(attempt_id="a1b2")
+    telemetry = Telemetry(tmp_path / "state", clock=FakeClock(), hub=None)
+    await telemetry.emit(Event[event], attemptId="a1b2", targetVersion="1.1.0")
+    fields = _parse_journal(sock.recv(65536))
+    sock.close()
+    assert fields["PRIORITY"] == priority
+    assert fields["ATTEMPT_ID"] == "a1b2" and fields["TARGET_VERSION"] == "1.1.0"
+    assert "ATTEMPTID" not in fields
+
+
+def test_log_line_clears_the_progress_bar_first() -> None:
+    """With an interrupter set (a progress bar on the terminal), it runs before each log line."""
+    out = io.StringIO()
+    calls: list[str] = []
+    logs.configure("info", "json", stream=out)
+    logs.set_interrupter(lambda: calls.append(out.getvalue()))
+    try:
+        structlog.get_logger().info("hello")
+    finally:
+        logs.set_interrupter(None)
+    assert calls == [""] and "hello" in out.getvalue()
