@@ -36,7 +36,7 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the ota_daemon modules it imports (a package's ``__init__`` included)."""
+    """module -> the ota_daemon modules it names in an import."""
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -53,13 +53,10 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [base, *(f"{base}.{a.name}" for a in node.names)]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
-            for target in targets:
-                # importing a.b.c runs a/__init__ and a/b/__init__ first
-                parts = target.split(".")
-                for i in range(2, len(parts) + 1):
-                    candidate = ".".join(parts[:i])
-                    if candidate in modules and candidate != name and not name.startswith(candidate + "."):
-                        deps.add(candidate)
+            # the module named (``from a.b import c``: a.b, and a.b.c when c is a module); the
+            # parent packages Python runs first are not counted: a registry in a package's
+            # __init__ that imports its plugins lazily is not a cycle with them
+            deps.update(t for t in targets if t in modules and t != name)
         graph[name] = deps
     return graph
 
