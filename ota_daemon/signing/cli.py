@@ -76,13 +76,20 @@ def add_commands(repo: Any) -> None:
     rotate.add_argument("--count", type=int, default=1, help="new keys (default 1)")
     rotate.add_argument("--threshold", type=int, help="signatures needed (default: all new keys)")
 
+    s3 = repo.add_parser("sync", help="signed repository: upload to an S3-compatible bucket (timestamp last)")
+    s3.add_argument("root", type=Path)
+    s3.add_argument("repository")
+    s3.add_argument("url", help="s3://BUCKET[/PREFIX]")
+    s3.add_argument("--endpoint-url", help="an S3-compatible service other than AWS (credentials: boto3's usual chain)")
+    s3.add_argument("--acl", help="canned ACL for uploaded objects, e.g. public-read")
+
     verify = repo.add_parser("verify", help="signed repository: check it as a device would")
     verify.add_argument("root", type=Path)
     verify.add_argument("repository")
     verify.add_argument("--trusted-root", type=Path, help="the root devices pin (default: the repository's 1.root.json)")
 
 
-COMMANDS = frozenset({"init", "promote", "rollout", "refresh", "rotate", "verify"})
+COMMANDS = frozenset({"init", "promote", "rollout", "refresh", "rotate", "verify", "sync"})
 
 
 def _thresholds(items: list[str]) -> dict[str, int]:
@@ -124,6 +131,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from ota_daemon.signing.verify import check_repository
 
     command = args.repo_command
+    if command == "sync":
+        from ota_daemon.signing import s3
+
+        report = s3.sync(args.root / args.repository, args.url, client=s3.make_client(args.endpoint_url), acl=args.acl)
+        out.write(f"uploaded {len(report.uploaded)} object(s), {report.skipped} already there; timestamp last\n")
+        return 0
     if command in ("init", "refresh", "rotate", "verify"):
         folder = args.root / args.repository
         if command == "verify":
