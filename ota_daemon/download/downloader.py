@@ -46,8 +46,10 @@ from ota_daemon.download.pacing import _Meter, _SpeedGuard, _TokenBucket
 from ota_daemon.download.partial import (
     _commit,
     _discard,
+    _discard_empty,
     _file_error,
     _open_partial,
+    prune_cache,
 )
 from ota_daemon.download.sinks import _FileSink, _StreamSink
 from ota_daemon.download.socket_transport import _raw_open
@@ -118,8 +120,14 @@ class Downloader:
                 await self._run(job, sink, meter)
                 digest = await sink.finish()
             except IntegrityError:
-                sink.close()
+                await asyncio.wrap_future(sink.close())
                 _discard(partial, meta_path)
+                raise
+            except Exception:
+                closed = sink.close()
+                if sink.offset == 0:  # nothing to resume (a 404, a refused request): no empty partial file stays
+                    await asyncio.wrap_future(closed)
+                    await asyncio.to_thread(_discard_empty, partial, meta_path)
                 raise
             except BaseException:
                 sink.close()
@@ -141,6 +149,21 @@ class Downloader:
                 )
             log.warning("resumed download does not verify; downloading it again from zero", asset=asset.filename)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ the cache
+    def prune(self, directory: Path, *, keep: Path | None = None) -> list[Path]:
+        """Make the download cache ``directory`` hold at most ``keep`` (the pinned target's
+        image) and its partial download: everything else is removed (an image the installer
+        refused, one for a tag that has moved, a partial download of another version).
+        A file that cannot be removed stays (logged); returns what was removed."""
+        try:
+            removed = prune_cache(directory, keep)
+        except OSError as exc:
+            log.warning("cannot clean the download cache", directory=str(directory), error=exc.strerror or str(exc))
+            return []
+        for path in removed:
+            log.info("removed from the download cache", file=path.name)
+        return removed
 
     # ------------------------------------------------------------------ stream mode
     async def stream(self, *, url: UrlProvider, asset: Asset, progress: ProgressCallback | None = None) -> AsyncIterator[bytes]:
@@ -227,7 +250,10 @@ class Downloader:
         local = local_path(first)
         if local is not None:
             try:
-                data = local.read_bytes()
+                with open(local, "rb") as fh:
+                    data = fh.read(asset.size + 1)  # a larger file is wrong: never read it whole
+            except FileNotFoundError:
+                raise UpdateFailed(f"{asset.filename}: {local} not found") from None
             except OSError as exc:
                 raise TransientError(f"{asset.filename}: cannot read {local}: {exc.strerror}") from None
             if len(data) != asset.size or hashlib.sha256(data).hexdigest() != asset.sha256:

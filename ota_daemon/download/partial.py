@@ -17,8 +17,10 @@ from ota_daemon.errors import (
     OtaError,
     UpdateFailed,
 )
+from ota_daemon.faults import fault_point
 from ota_daemon.model import Asset
 from ota_daemon.state import atomic_write, fsync_dir
+from ota_daemon.tempfiles import TEMP_NAME
 
 #: Where the kernel names this boot; tests point it elsewhere to simulate a reboot.
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -143,3 +145,37 @@ def _commit(partial: Path, dest: Path, meta_path: Path) -> None:
 def _discard(partial: Path, meta_path: Path) -> None:
     partial.unlink(missing_ok=True)
     meta_path.unlink(missing_ok=True)
+
+
+def _discard_empty(partial: Path, meta_path: Path) -> None:
+    """Remove a partial file (and its metadata) that holds no byte."""
+    try:
+        empty = partial.stat().st_size == 0
+    except FileNotFoundError:
+        empty = True
+    except OSError:
+        return
+    if empty:
+        with contextlib.suppress(OSError):
+            _discard(partial, meta_path)
+
+
+def prune_cache(directory: Path, keep: Path | None) -> list[Path]:
+    """Remove every file in the download cache ``directory`` but ``keep`` and its partial
+    download (``.partial``, ``.partial.json``). Temporary files are left to
+    :func:`ota_daemon.tempfiles.sweep_temporaries`; subdirectories are not ours."""
+    kept = set() if keep is None else {keep.name, f"{keep.name}.partial", f"{keep.name}.partial.json"}
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name in kept or TEMP_NAME.fullmatch(entry.name) or entry.is_dir(follow_symlinks=False):
+            continue
+        fault_point("cache:remove")
+        with contextlib.suppress(FileNotFoundError):
+            path = Path(entry.path)
+            path.unlink()
+            removed.append(path)
+    return removed

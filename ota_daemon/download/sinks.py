@@ -179,8 +179,9 @@ class _FileSink:
         await self._on_syncer(self._raise_sync_error)
         return self.hasher.hexdigest()
 
-    def close(self) -> None:
-        """Close the descriptor on the sync lane, once no worker or lane can touch it."""
+    def close(self) -> Future[None]:
+        """Close the descriptor on the sync lane, once no worker or lane can touch it (the
+        future is done when it is closed)."""
 
         def close_fd() -> None:
             for worker in list(self.workers):  # the receiving thread has stopped …
@@ -194,7 +195,7 @@ class _FileSink:
             for lane in (self.writing, self.hashing, self.syncer):
                 lane.shutdown(wait=False)
 
-        self.syncer.submit(close_fd)
+        return self.syncer.submit(close_fd)
 
 
 class _StreamSink:

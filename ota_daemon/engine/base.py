@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ota_daemon.clock import Clock
@@ -127,12 +127,9 @@ class EngineBase:
                 setattr(self.journal.data, key, value)
             self.journal.save()
 
-    def _clean_cache(self) -> None:
-        cache = self.config.cache_dir
-        with contextlib.suppress(OSError):
-            for entry in cache.iterdir():
-                if entry.is_file():
-                    entry.unlink()
+    def _clean_cache(self, keep: Path | None = None) -> None:
+        """The download cache holds at most ``keep`` (the pinned target's image) and its partial."""
+        self.downloader.prune(self.config.cache_dir, keep=keep)
 
     async def _note_committed(self, version: str) -> None:
         """Tell a hub that keeps a rollback floor (signed release counters) what runs committed."""

@@ -83,6 +83,8 @@ class Engine(PostReboot):
         structlog.contextvars.bind_contextvars(target_version=target.version, current_version=current)
         if decision.note:
             await self._warn_once(f"order:{current}:{target.version}", decision.note)
+        if decision.action in (Action.NONE, Action.REFUSE):
+            self._clean_cache()  # nothing to install: nothing to keep
         if decision.action is Action.NONE:
             await self._note_committed(current)
             await self._up_to_date(current, data)

@@ -65,7 +65,10 @@ class InstallHalf(Endings):
         info_name = config.hub.build_info_asset.format(system=system, ext=ext)
         info_asset = document.asset(info_name)
         if info_asset is not None:
-            build = await self._build_info(document, info_asset)
+            try:
+                build = await self._build_info(document, info_asset)
+            except (UpdateFailed, HubError) as exc:  # missing, wrong digest, oversize: the hub's problem, reported
+                raise HubError(f"version {document.version_id}: build info {info_name!r} unusable: {exc}") from None
             release = build.get("release")
             if isinstance(release, dict) and isinstance(release.get("version"), str) and release["version"]:
                 version, source = release["version"], "build-info"
@@ -166,6 +169,7 @@ class InstallHalf(Endings):
         if not quiet:
             await self.telemetry.emit(Event.DOWNLOADING, size=target.image.size, targetVersion=target.version)
         self.telemetry.reset_progress()
+        self._clean_cache(keep=self._cache_file(target.image))
         path = await self.downloader.to_file(
             url=self._url_provider(document, target.image),
             asset=target.image,
@@ -256,6 +260,8 @@ class InstallHalf(Endings):
             await self._blocked(target, str(exc), current)
             return PassResult(Result.BLOCKED, current, target.version, str(exc), _target_summary(target))
         except UpdateFailed as exc:
+            if self.journal.data.phase is Phase.INSTALLING:
+                self._clean_cache()  # the installer refused or failed on this image: it goes at once
             return await self._failed(attempt, str(exc), current, detail=exc.detail)
         except HubError as exc:  # an unusable instruction in the pinned document (a bad asset URL)
             return await self._failed(attempt, str(exc), current)

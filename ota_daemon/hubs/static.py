@@ -11,12 +11,21 @@ asset also has ``url``, relative to ``<repository>/`` or absolute. Moving a tag 
 small file atomically (``ota-daemon repo tag``); assets are uploaded before the tag moves
 (``ota-daemon repo publish``). Idle polls are conditional GETs: the last document and its
 ETag are kept in the state directory, so a 304 costs no parsing and no download.
+
+A hub is outside input: a tag document is read as a stream and abandoned once it passes
+:data:`MAX_DOCUMENT` (an endless body costs at most that much memory), ``hub.timeout``
+bounds the whole answer (not each read), and an asset URL may not leave the repository —
+checked after percent-decoding, and for ``file://`` repositories on the resolved path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import stat
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urljoin, urlsplit
@@ -31,6 +40,18 @@ from ota_daemon.redact import redact_text, redact_url
 from ota_daemon.state import atomic_write
 
 MAX_DOCUMENT = 1 << 20
+
+
+def _read_local(path: Path, limit: int, where: str) -> bytes:
+    """At most ``limit`` bytes of a regular file (never blocks on a FIFO); HubError beyond."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HubError(f"{where}: not a regular file")
+        raw = fh.read(limit + 1) or b""
+    if len(raw) > limit:
+        raise HubError(f"{where}: version document is more than {limit} bytes; not read further")
+    return raw
 
 
 def _parse_document(raw: bytes, where: str) -> VersionDocument:
@@ -89,7 +110,15 @@ def _read_cache(cache: Path) -> tuple[str, VersionDocument] | None:
 class StaticHub:
     kind: ClassVar[str] = "static"
 
-    def __init__(self, *, base_url: str, http: httpx.AsyncClient | None, cache_dir: Path | None = None, allow_insecure: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        http: httpx.AsyncClient | None,
+        cache_dir: Path | None = None,
+        allow_insecure: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
         if not base_url.endswith("/"):
             base_url += "/"
         scheme = urlsplit(base_url).scheme
@@ -100,13 +129,20 @@ class StaticHub:
         self.base_url = base_url
         self.http = http
         self.cache_dir = cache_dir
+        self.timeout = timeout
         self.requests = 0
 
     @classmethod
     def from_config(cls, *, config: Any, http: httpx.AsyncClient | None = None, clock: Clock | None = None, **_: Any) -> StaticHub:
         if not config.hub.url:
             raise ConfigError("hub.url: required for hub.kind = 'static' (an http(s):// or file:// base URL)")
-        return cls(base_url=config.hub.url, http=http, cache_dir=config.state.dir, allow_insecure=config.hub.allow_insecure)
+        return cls(
+            base_url=config.hub.url,
+            http=http,
+            cache_dir=config.state.dir,
+            allow_insecure=config.hub.allow_insecure,
+            timeout=config.hub.timeout,
+        )
 
     # ------------------------------------------------------------------ helpers
     def _url(self, relative: str) -> str:
@@ -121,13 +157,24 @@ class StaticHub:
             return None
         return self.cache_dir / "hub-cache" / (path.replace("/", "__") + ".json")
 
-    async def _get(self, url: str, *, etag: str | None = None) -> httpx.Response:
+    async def _get(self, url: str, *, etag: str | None = None, limit: int | None = MAX_DOCUMENT, where: str = "") -> tuple[httpx.Response, bytes]:
+        """GET ``url``: the response and, for a 200, its body of at most ``limit`` bytes, read
+        as it arrives (``None``: the body is not read). ``hub.timeout`` bounds the whole of it."""
         if self.http is None:
             raise ConfigError("static hub over HTTP needs an HTTP client")
-        headers = {"If-None-Match": etag} if etag else {}
+        headers = {"Accept-Encoding": "gzip, identity"}
+        if etag:
+            headers["If-None-Match"] = etag
         self.requests += 1
         try:
-            return await self.http.get(url, headers=headers)
+            async with asyncio.timeout(self.timeout):
+                async with self.http.stream("GET", url, headers=headers) as resp:
+                    body = b""
+                    if resp.status_code == 200 and limit is not None:
+                        body = await _bounded_body(resp, limit, where or redact_url(url))
+                    return resp, body
+        except TimeoutError:
+            raise HubUnavailable(f"static hub {redact_url(url)}: no complete answer within hub.timeout ({self.timeout:g} s)") from None
         except httpx.HTTPError as exc:
             detail = redact_text(str(exc)).strip()[:200]
             raise HubUnavailable(f"static hub {redact_url(url)}: {type(exc).__name__}{': ' + detail if detail else ''}") from None
@@ -141,7 +188,7 @@ class StaticHub:
         if local is not None:
             self.requests += 1
             try:
-                raw = local.read_bytes()
+                raw = _read_local(local, MAX_DOCUMENT, where)
             except FileNotFoundError:
                 raise HubError(f"tag {path!r} not found: no {local}") from None
             except OSError as exc:
@@ -149,7 +196,7 @@ class StaticHub:
             return self._with_base(_parse_document(raw, where), repository)
         cache = self._cache_path(path)
         cached = _read_cache(cache) if cache is not None else None
-        resp = await self._get(url, etag=cached[0] if cached else None)
+        resp, body = await self._get(url, etag=cached[0] if cached else None, where=where)
         if resp.status_code == 304 and cached is not None:
             return self._with_base(cached[1], repository)
         if resp.status_code == 404:
@@ -159,7 +206,7 @@ class StaticHub:
             raise TransientError(f"{where}: HTTP {resp.status_code}", retry_after=retry_after)
         if resp.status_code != 200:
             raise HubError(f"{where}: HTTP {resp.status_code}")
-        document = _parse_document(resp.content, where)
+        document = _parse_document(body, where)
         etag = _usable_etag(resp.headers.get("etag"))
         if cache is not None and etag is not None:
             cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -172,16 +219,26 @@ class StaticHub:
         return document
 
     async def issue_url(self, document: VersionDocument, asset: Asset) -> str:
-        base = (document.__pydantic_extra__ or {}).get("_base") or self.base_url
+        base = str((document.__pydantic_extra__ or {}).get("_base") or self.base_url)
         relative = asset.url or f"assets/{asset.digest}"
         parts = urlsplit(relative)
-        if not parts.scheme and (".." in relative.split("/") or relative.startswith("/")):
-            raise HubError(f"asset {asset.filename!r}: url {relative!r} leaves the repository")
+        leaves = f"asset {asset.filename!r}: url {relative[:200]!r} leaves the repository"
+        decoded = unquote(parts.path)
+        if "\0" in decoded:
+            raise HubError(leaves)
+        if not parts.scheme and (parts.netloc or relative.startswith("/") or decoded.startswith("/") or {"..", "."} & set(decoded.split("/"))):
+            raise HubError(leaves)
         if parts.scheme and parts.scheme not in ("http", "https", "file"):
             raise HubError(f"asset {asset.filename!r}: url scheme {parts.scheme!r} not supported")
-        url = urljoin(str(base), relative)
-        if urlsplit(url).scheme == "file" and urlsplit(self.base_url).scheme != "file":
-            raise HubError(f"asset {asset.filename!r}: a remote repository may not point at local files")
+        url = urljoin(base, relative)
+        local = self._local(url)
+        if local is not None:
+            root = self._local(base)
+            if root is None:
+                raise HubError(f"asset {asset.filename!r}: a remote repository may not point at local files")
+            # the path as the downloader will open it (percent-decoded), with links resolved
+            if not Path(os.path.realpath(local)).is_relative_to(os.path.realpath(root)):
+                raise HubError(leaves)
         return url
 
     async def read_config(self) -> Any | None:
@@ -199,7 +256,7 @@ class StaticHub:
             if not local.is_dir():
                 raise HubUnavailable(f"static hub folder {local} is not there")
             return
-        resp = await self._get(self.base_url)
+        resp, _ = await self._get(self.base_url, limit=None)
         if resp.status_code >= 500:
             raise HubUnavailable(f"static hub {redact_url(self.base_url)}: HTTP {resp.status_code}")
 
@@ -212,3 +269,27 @@ def _retry_after(resp: httpx.Response) -> float | None:
     if value and value.strip().isdigit():
         return float(value.strip())
     return None
+
+
+async def _bounded_body(resp: httpx.Response, limit: int, where: str) -> bytes:
+    """The body of ``resp``, read as it arrives and abandoned once it passes ``limit`` bytes
+    (decompressed: a small gzip body cannot expand past it either)."""
+    too_big = f"{where}: version document is more than {limit} bytes; not read further"
+    declared = resp.headers.get("content-length", "")
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") and declared.isdigit() and int(declared) > limit:
+        raise HubError(too_big)
+    if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+        raise HubError(f"{where}: Content-Encoding {encoding!r} is not supported (expected identity or gzip)")
+    inflate = None if encoding in ("", "identity") else zlib.decompressobj(zlib.MAX_WBITS | 32 if encoding != "deflate" else zlib.MAX_WBITS)
+    body = bytearray()
+    async for piece in resp.aiter_raw():
+        if inflate is not None:
+            try:
+                piece = inflate.decompress(piece, limit + 1 - len(body))
+            except zlib.error as exc:
+                raise HubError(f"{where}: the compressed body does not decompress: {exc}") from None
+        body += piece
+        if len(body) > limit:
+            raise HubError(too_big)
+    return bytes(body)

@@ -127,6 +127,21 @@ async def test_404_is_permanent_without_a_retry_loop(server: FaultServer, clock:
     assert "HTTP 404" in str(caught.value) and "/gone.img" in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
     assert len(server.requests) == 1 and clock.slept == []
+    assert leftovers(tmp_path) == []  # no empty .partial (nor its .partial.json) stays behind
+
+
+async def test_a_404_after_a_partial_download_keeps_what_was_fetched(server: FaultServer, clock: FakeClock, tmp_path: Path) -> None:
+    """Bytes already on disk are kept for a resume when the next request fails for good."""
+    data = blob(2 * MiB)
+    asset = server.put("/a.img", data)
+    server.plan.append(Action("reset", after=MiB))
+    server.plan.append(Action("status", status=404))
+    url, _ = provider_of(server.url("/a.img"))
+    async with downloader("fast", clock) as dl:
+        with pytest.raises(UpdateFailed, match="HTTP 404"):
+            await dl.to_file(url=url, asset=asset, dest=tmp_path / "a.img")
+    assert leftovers(tmp_path) == ["a.img.partial", "a.img.partial.json"]
+    assert (tmp_path / "a.img.partial").stat().st_size > 0
 
 
 async def test_persistent_5xx_gives_up_after_max_retries(server: FaultServer, clock: FakeClock, tmp_path: Path, path: str) -> None:
