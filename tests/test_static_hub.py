@@ -350,3 +350,24 @@ async def test_build_info_problems_reach_the_status_and_an_event(world: SimWorld
     failed = [e for e in events if e["attributes"]["event"] == "failed"]
     assert failed and expected in json.dumps(failed[-1])
     assert world.device.slot_path("b").read_bytes() == before
+
+
+async def test_a_compressed_document_cannot_expand_past_the_limit(world: SimWorld) -> None:
+    """A small gzip body that inflates to 64 MiB: refused once the inflated bytes pass 1 MiB."""
+    import gzip
+
+    from ota_daemon.hubs.static import MAX_DOCUMENT
+
+    bomb = gzip.compress(b" " * (64 << 20))
+
+    def body() -> Iterator[bytes]:
+        yield bomb
+
+    srv = BodyServer(body, headers=f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n")
+    try:
+        async with httpx.AsyncClient() as http:
+            hub = StaticHub(base_url=srv.url, http=http, allow_insecure=True)
+            with pytest.raises(HubError, match=f"more than {MAX_DOCUMENT} bytes"):
+                await hub.resolve(world.path)
+    finally:
+        srv.close()
