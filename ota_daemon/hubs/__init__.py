@@ -24,11 +24,12 @@ def _static(**kwargs: Any) -> Hub:
 
 
 def _nexigon(**kwargs: Any) -> Hub:
-    from ota_daemon.errors import ConfigError
     from ota_daemon.hubs.nexigon import NexigonHub
 
     if kwargs["config"].hub.verify == "tuf":
-        raise ConfigError("hub.verify = 'tuf': signed metadata is verified with hub.kind = 'static' only (not yet through Nexigon)")
+        from ota_daemon.signing.nexigon import SignedNexigonHub
+
+        return SignedNexigonHub.from_config(**kwargs)
 
     hub: Hub = NexigonHub.from_config(**kwargs)
     return hub

@@ -11,7 +11,7 @@ a total deadline: endless or slowly dripping metadata ends as a refusal, not a h
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -46,8 +46,19 @@ def cap_for(url: str, limits: UpdaterConfig = LIMITS) -> int:
 class DaemonFetcher(FetcherInterface):
     """Fetches for a TUF updater running in a worker thread, through ``loop``'s client."""
 
-    def __init__(self, http: httpx.AsyncClient | None, loop: asyncio.AbstractEventLoop | None, *, deadline: float = 60.0, limits: UpdaterConfig = LIMITS) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient | None,
+        loop: asyncio.AbstractEventLoop | None,
+        *,
+        deadline: float = 60.0,
+        limits: UpdaterConfig = LIMITS,
+        resolver: Callable[[str], Awaitable[str | None]] | None = None,
+    ) -> None:
         self.http = http
+        #: maps a URL of another scheme (metadata published as a hub's assets) to an issued
+        #: http(s) URL, or None when there is no such file (answered as a 404)
+        self.resolver = resolver
         self.loop = loop
         self.deadline = deadline
         self.limits = limits
@@ -62,7 +73,7 @@ class DaemonFetcher(FetcherInterface):
         parts = urlsplit(url)
         if parts.scheme == "file" or self.loop is None:
             if parts.scheme != "file":
-                raise DownloadError(f"{redact_url(url)}: only file:// URLs without an event loop")
+                raise DownloadError(f"{redact_url(url)}: only file:// URLs without an event loop")  # pragma: no cover
             status, data, _ = self._read_file(Path(unquote(parts.path)), cap_for(url, self.limits))
             if status != 200:
                 raise DownloadHTTPError(f"{unquote(parts.path)}: not found", status)
@@ -83,6 +94,11 @@ class DaemonFetcher(FetcherInterface):
         parts = urlsplit(url)
         if parts.scheme == "file":
             return self._read_file(Path(unquote(parts.path)), cap)
+        if parts.scheme not in ("http", "https"):
+            issued = await self.resolver(url) if self.resolver is not None else None
+            if issued is None:
+                return 404, b"", None
+            url = issued
         if self.http is None:
             raise DownloadError("signed metadata over HTTP needs an HTTP client")
         self.requests += 1

@@ -22,8 +22,10 @@ import httpx
 
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.errors import ConfigError
+from ota_daemon.hubs.base import Hub
 from ota_daemon.hubs.static import StaticHub
 from ota_daemon.model import Asset, ReleaseGate, VersionDocument
+from ota_daemon.signing.layout import SignedFile
 from ota_daemon.signing.rollout import evaluate
 from ota_daemon.signing.verify import (
     DeviceVerifier,
@@ -33,6 +35,21 @@ from ota_daemon.signing.verify import (
 from ota_daemon.state import atomic_write
 
 MACHINE_ID = Path("/etc/machine-id")
+
+
+def device_id_from(config: Any) -> str:
+    """``hub.device_id``, else the machine id; also checks ``hub.trusted_root`` is there."""
+    device_id = config.hub.device_id
+    if not device_id:
+        try:
+            device_id = MACHINE_ID.read_text().strip()
+        except OSError:
+            device_id = ""
+    if not device_id:
+        raise ConfigError(f"hub.device_id: required with hub.verify = 'tuf' when {MACHINE_ID} is not readable (the rollout bucket is computed from it)")
+    if not config.hub.trusted_root.is_file():
+        raise ConfigError(f"hub.trusted_root: {config.hub.trusted_root} is not a file (the root metadata installed with the daemon)")
+    return str(device_id)
 
 
 class ReleaseFloor:
@@ -69,7 +86,7 @@ class SignedStaticHub:
     def __init__(
         self,
         *,
-        inner: StaticHub,
+        inner: Hub,
         state_dir: Path,
         trusted_root: Path,
         device_id: str,
@@ -85,6 +102,7 @@ class SignedStaticHub:
         self.clock = clock
         self.deadline = deadline
         self._verifiers: dict[str, DeviceVerifier] = {}
+        self._hub_assets: dict[str, Asset] = {}
         #: version string -> (repository, release) of recently verified releases (persisted:
         #: the commit that raises the floor happens after a reboot, in another process)
         self._seen: dict[str, tuple[str, int]] | None = None
@@ -92,21 +110,11 @@ class SignedStaticHub:
     @classmethod
     def from_config(cls, *, config: Any, http: httpx.AsyncClient | None = None, clock: Clock | None = None, **_: Any) -> SignedStaticHub:
         inner = StaticHub.from_config(config=config, http=http, clock=clock)
-        device_id = config.hub.device_id
-        if not device_id:
-            try:
-                device_id = MACHINE_ID.read_text().strip()
-            except OSError:
-                device_id = ""
-        if not device_id:
-            raise ConfigError(f"hub.device_id: required with hub.verify = 'tuf' when {MACHINE_ID} is not readable (the rollout bucket is computed from it)")
-        if not config.hub.trusted_root.is_file():
-            raise ConfigError(f"hub.trusted_root: {config.hub.trusted_root} is not a file (the root metadata installed with the daemon)")
         return cls(
             inner=inner,
             state_dir=config.state.dir,
             trusted_root=config.hub.trusted_root,
-            device_id=device_id,
+            device_id=device_id_from(config),
             http=http,
             clock=clock or SystemClock(),
             deadline=float(config.hub.timeout) * 2,
@@ -116,11 +124,18 @@ class SignedStaticHub:
     def requests(self) -> int:
         return sum(v.requests for v in self._verifiers.values())
 
+    def _base(self, repository: str) -> str:
+        """Where the repository's files are: ``metadata/`` and the signed asset URLs below it."""
+        base_url = getattr(self.inner, "base_url", None)
+        if not isinstance(base_url, str):
+            raise ConfigError("a signed hub needs a base URL")
+        return urljoin(base_url, f"{repository}/")
+
     def _verifier(self, repository: str) -> DeviceVerifier:
         verifier = self._verifiers.get(repository)
         if verifier is None:
             verifier = DeviceVerifier(
-                base_url=urljoin(self.inner.base_url, f"{repository}/"),
+                base_url=self._base(repository),
                 metadata_dir=self.state_dir / "signed" / repository,
                 trusted_root=self.trusted_root,
                 http=self.http,
@@ -136,7 +151,7 @@ class SignedStaticHub:
     # ------------------------------------------------------------------ Hub
     async def resolve(self, path: str) -> VersionDocument:
         repository, package, tag = path.split("/")
-        verified = await self._verifier(repository).verify(package, tag)
+        verified = await self._verify(repository, package, tag)
         signed = verified.tag
         floor = self.floor(repository).value
         if signed.release < floor and not signed.rollback:
@@ -146,6 +161,13 @@ class SignedStaticHub:
             )
         self._remember(signed.version, repository, signed.release)
         return self._document(repository, verified)
+
+    async def _verify(self, repository: str, package: str, tag: str) -> VerifiedRelease:
+        return await self._verifier(repository).verify(package, tag)
+
+    def _asset(self, name: str, entry: SignedFile, metadata: dict[str, Any]) -> Asset:
+        """The document's asset for a signed file: the signed length and sha256, always."""
+        return Asset(filename=name, size=entry.length, digest=f"sha256_{entry.sha256}", url=entry.url, status="Available", metadata=metadata)
 
     @property
     def _seen_file(self) -> Path:
@@ -184,9 +206,7 @@ class SignedStaticHub:
             metadata: dict[str, Any] = {"signed": {"release": entry.release, "system": entry.system}}
             if "bundleHash" in entry.pin:
                 metadata["rugix"] = {"bundleHash": entry.pin["bundleHash"]}
-            assets.append(
-                Asset(filename=name, size=entry.length, digest=f"sha256_{entry.sha256}", url=entry.url, status="Available", metadata=metadata)
-            )
+            assets.append(self._asset(name, entry, metadata))
         document = VersionDocument.model_validate(
             {
                 "versionId": f"signed-{signed.package[:64]}-r{signed.release}",
@@ -201,7 +221,10 @@ class SignedStaticHub:
         gate = ReleaseGate(
             release=signed.release, rollback=signed.rollback, hold=None if verdict.install else verdict.reason, system=next(iter(systems), None)
         )
-        document.__pydantic_extra__ = {**(document.__pydantic_extra__ or {}), "_base": urljoin(self.inner.base_url, f"{repository}/"), "_gate": gate}
+        extra: dict[str, Any] = {"_gate": gate}
+        if isinstance(getattr(self.inner, "base_url", None), str):
+            extra["_base"] = self._base(repository)
+        document.__pydantic_extra__ = {**(document.__pydantic_extra__ or {}), **extra}
         return document
 
     async def committed(self, version: str) -> None:
@@ -215,13 +238,13 @@ class SignedStaticHub:
         return await self.inner.issue_url(document, asset)
 
     async def read_config(self) -> Any | None:
-        return None
+        return await self.inner.read_config()
 
     async def publish_status(self, status: dict[str, Any]) -> None:
-        return None
+        await self.inner.publish_status(status)
 
     async def publish_events(self, events: list[dict[str, Any]]) -> None:
-        return None
+        await self.inner.publish_events(events)
 
     async def ping(self) -> None:
         await self.inner.ping()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,7 +90,9 @@ class DeviceVerifier:
         http: httpx.AsyncClient | None,
         clock: Clock,
         deadline: float = 60.0,
+        resolver: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
+        self.resolver = resolver
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.metadata_url = self.base_url + "metadata/"
         self.metadata_dir = metadata_dir
@@ -104,7 +107,7 @@ class DeviceVerifier:
     # ------------------------------------------------------------------ the pass
     async def verify(self, package: str, tag: str) -> VerifiedRelease:
         loop = asyncio.get_running_loop()
-        fetcher = DaemonFetcher(self.http, loop, deadline=self.deadline)
+        fetcher = DaemonFetcher(self.http, loop, deadline=self.deadline, resolver=self.resolver)
         timestamp_url = self.metadata_url + "timestamp.json"
         status, body, etag = await self._get(fetcher, timestamp_url, self._etag)
         if status == 304:

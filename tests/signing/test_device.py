@@ -84,16 +84,12 @@ async def test_rollback_floor_and_intended_rollback(signed: Signed) -> None:
     assert asset_requests(signed)
 
 
-def test_verify_tuf_is_local_only_and_static_only(signed: Signed) -> None:
+def test_verify_tuf_is_local_only_and_needs_its_root(signed: Signed) -> None:
     from ota_daemon.config import apply_overlay
 
     config = signed.config()
     overlaid, problems = apply_overlay(config, {"verify": "none", "hub.verify": "none"})
     assert overlaid.hub.verify == "tuf" and problems
-    tables = signed.tables()
-    tables["hub"]["kind"] = "nexigon"
-    with pytest.raises(ConfigError, match="static"):
-        get_hub("nexigon", config=build_config(tables, source="test", env={}))
     tables = signed.tables(trusted_root=str(signed.world.root / "nope.json"))
     with pytest.raises(ConfigError, match="trusted_root"):
         get_hub("static", config=build_config(tables, source="test", env={}))
