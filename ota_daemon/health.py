@@ -49,6 +49,14 @@ async def _run_command(argv: list[str], timeout: float) -> tuple[int | None, str
     return proc.returncode, out.decode("utf-8", "replace")
 
 
+def _failure_output(code: int | None, out: str) -> str:
+    """A failed command's output tail, ending with its exit code (when it exited)."""
+    text = tail(out).rstrip()
+    if code is None:
+        return text
+    return f"{text}\nexited with code {code}" if text else f"exited with code {code}"
+
+
 class HealthGate:
     def __init__(self, config: HealthConfig, *, hub: Hub | None, clock: Clock, http: httpx.AsyncClient | None = None) -> None:
         self.config = config
@@ -64,10 +72,10 @@ class HealthGate:
         name = check.label
         if check.kind == "command":
             code, out = await _run_command(list(check.command or []), check.timeout)
-            return CheckResult(name, code == 0, tail(out) if code != 0 else "")
+            return CheckResult(name, code == 0, _failure_output(code, out) if code != 0 else "")
         if check.kind == "systemd":
             code, out = await _run_command(["systemctl", "is-active", str(check.unit)], check.timeout)
-            return CheckResult(name, code == 0, tail(out) if code != 0 else "")
+            return CheckResult(name, code == 0, _failure_output(code, out) if code != 0 else "")
         if check.kind == "http":
             if self.http is None:
                 return CheckResult(name, False, "no HTTP client")
@@ -104,8 +112,9 @@ class HealthGate:
                 return list(results.values())
             if self.clock.monotonic() + self.config.interval > deadline:
                 failed = results[pending[0].label]
+                lines = [line.strip() for line in failed.output.splitlines() if line.strip()]
                 raise HealthCheckFailed(
-                    f"health check {failed.name!r} did not pass within {self.config.deadline:g}s: {failed.output.splitlines()[-1] if failed.output else 'failed'}",
+                    f"health check {failed.name!r} did not pass within {self.config.deadline:g}s: {'; '.join(lines[-2:]) if lines else 'failed'}",
                     check=failed.name,
                     output_tail=failed.output,
                 )

@@ -171,6 +171,9 @@ def test_demo() -> None:
     assert result.returncode == 0, result.stderr
     assert "1.1.0 committed" in result.stdout
     assert "state:            completed" in result.stdout
+    # every event of the demo, from its first: the listing does not cut off its beginning
+    events = result.stdout.split("events of this demo", 1)[1]
+    assert "update available, installing" in events and "update completed" in events
 
 
 def test_inhibit_holds_a_lease_while_the_command_runs(tmp_path: Path) -> None:
@@ -537,3 +540,95 @@ async def test_next_check_is_when_the_next_pass_runs(world: SimWorld) -> None:
     assert 10.0 <= delay <= 11.0  # jitter capped at a tenth of the interval
     shown = cli("--config", str(world.toml()), "status")
     assert f"next check:       {status['nextCheck']}" in shown.stdout
+
+
+def test_repo_publish_names_an_image_as_the_device_looks_for_it(world: SimWorld, tmp_path: Path) -> None:
+    """`repo publish --system demo firmware-1.4.0.img`: published as demo.img (the name the
+    device asks for), said on stderr; a NAME= the device will not look for is warned about."""
+    image = world.image("1.4.0")
+    renamed = tmp_path / "firmware-1.4.0.img"
+    renamed.write_bytes(image.read_bytes())
+    repo = world.repo_dir
+    result = cli("repo", "publish", str(repo), world.path, "--image-version", "1.4.0", "--system", world.system, str(renamed))
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert f"published as {world.system}.img" in result.stderr
+    assert f"({world.system}.img, {world.system}.build-info.json)" in result.stdout
+    check = cli("--config", str(world.toml()), "check", "--dry-run")
+    assert check.returncode == 3, check.stdout + check.stderr  # the device finds its image
+    wrong = cli("repo", "publish", str(repo), world.path, "--image-version", "1.5.0", "--system", world.system, f"firmware.img={renamed}")
+    assert wrong.returncode == 0
+    assert f"warning: firmware.img: a device with system '{world.system}' looks for {world.system}.img" in wrong.stderr
+    unnamed = cli("repo", "publish", str(repo), world.path, "--image-version", "1.6.0", str(renamed))
+    assert "devices look for <system>.img; name it with NAME=FILE" in unnamed.stderr
+
+
+def test_status_json_is_camel_case_with_iso_times(world: SimWorld) -> None:
+    """status --json: the journal too is camelCase with ISO 8601 times, like the rest."""
+    world.publish("1.1.0")
+    config = str(world.toml())
+    assert cli("--config", config, "check").returncode == 0
+    assert cli("--config", config, "check").returncode == 0
+    result = cli("--config", config, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    keys: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not path.endswith(("phaseEntries", "attemptsPerVersion", "deferredSince", "quarantine")):
+                    keys.append(f"{path}.{k}")
+                walk(v, f"{path}.{k}")
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, path)
+
+    walk(doc, "")
+    assert [k for k in keys if "_" in k.rsplit(".", 1)[-1]] == []
+    outcome = doc["journal"]["lastOutcome"]
+    assert outcome["state"] == "completed"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", outcome["at"]), outcome
+    assert doc["journal"]["schemaVersion"] >= 1
+
+
+def test_failed_command_check_shows_its_exit_code(world: SimWorld) -> None:
+    """A command health check that fails names its exit code beside its output."""
+    world.publish("1.1.0")
+    config = str(world.toml(health={"deadline": "1s", "interval": "1s", "checks": [{"kind": "command", "name": "app", "command": ["sh", "-c", "echo not ready; exit 3"]}]}))
+    assert cli("--config", config, "check").returncode == 0  # installed, rebooting
+    result = cli("--config", config, "check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not ready; exited with code 3" in result.stdout
+    status = cli("--config", config, "status")
+    assert "exited with code 3" in status.stdout
+
+
+def _actions(parser: Any, path: str) -> list[tuple[str, Any]]:
+    import argparse
+
+    out: list[tuple[str, Any]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                out.append((f"{path} {name}", helps.get(name)))
+                out += _actions(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            out.append((f"{path} {'/'.join(action.option_strings) or action.dest}", action.help))
+    return out
+
+
+def test_every_command_and_option_has_help_text() -> None:
+    """--help explains every command, subcommand, option and argument (status --json, retry
+    VERSION and repo tag's arguments included)."""
+    from ota_daemon.cli import build_parser
+
+    missing = [name for name, text in _actions(build_parser(), "ota-daemon") if not text]
+    assert missing == []
+    for args in (["status", "--help"], ["retry", "--help"], ["repo", "tag", "--help"]):
+        result = cli(*args)
+        assert result.returncode == 0
+        assert "  -h, --help" in result.stdout
+    assert "camelCase" in cli("status", "--help").stdout
+    assert "the quarantined version" in cli("retry", "--help").stdout

@@ -35,13 +35,13 @@ def _start(text: str | None, now: float) -> float:
 def add_commands(repo: Any) -> None:
     """Add the signing subcommands to ``ota-daemon repo``'s subparsers."""
     init = repo.add_parser("init", help="signed repository: new keys and root metadata")
-    init.add_argument("root", type=Path)
-    init.add_argument("repository")
+    init.add_argument("root", type=Path, help="repository root folder")
+    init.add_argument("repository", help="repository name (the first part of repository/package/tag)")
     init.add_argument("--keys", type=Path, required=True, help=KEYS_HELP)
     init.add_argument("--threshold", action="append", default=[], metavar="ROLE=N", help="keys (and signatures) a role needs, e.g. targets=2")
 
     promote = repo.add_parser("promote", help="signed repository: point a tag at a published version")
-    promote.add_argument("root", type=Path)
+    promote.add_argument("root", type=Path, help="repository root folder")
     promote.add_argument("path", help="repository/package/tag")
     promote.add_argument("target", help="version string")
     promote.add_argument("--keys", type=Path, required=True, help=KEYS_HELP)
@@ -50,7 +50,7 @@ def add_commands(repo: Any) -> None:
     rollout = repo.add_parser("rollout", help="signed repository: staged rollout of the release behind a tag")
     rsub = rollout.add_subparsers(dest="rollout_command", required=True)
     rset = rsub.add_parser("set", help="set the schedule (replaces the current one)")
-    rset.add_argument("root", type=Path)
+    rset.add_argument("root", type=Path, help="repository root folder")
     rset.add_argument("path", help="repository/package/tag")
     rset.add_argument("--keys", type=Path, required=True, help=KEYS_HELP)
     rset.add_argument("--stage", action="append", required=True, metavar="AFTER:PERCENT", help="e.g. 0:1 --stage 1d:10 --stage 3d:100")
@@ -59,19 +59,19 @@ def add_commands(repo: Any) -> None:
     rset.add_argument("--start", help="'now' (default) or an ISO 8601 time")
     for name, text in (("advance", "open the next stage now"), ("halt", "stop new installs (devices on it stay)"), ("resume", "lift a halt")):
         cmd = rsub.add_parser(name, help=text)
-        cmd.add_argument("root", type=Path)
+        cmd.add_argument("root", type=Path, help="repository root folder")
         cmd.add_argument("path", help="repository/package/tag")
         cmd.add_argument("--keys", type=Path, required=True, help=KEYS_HELP)
 
     refresh = repo.add_parser("refresh", help="signed repository: re-sign the timestamp (run from a timer)")
-    refresh.add_argument("root", type=Path)
-    refresh.add_argument("repository")
+    refresh.add_argument("root", type=Path, help="repository root folder")
+    refresh.add_argument("repository", help="repository name (the first part of repository/package/tag)")
     refresh.add_argument("--keys", type=Path, required=True, help=KEYS_HELP)
 
     rotate = repo.add_parser("rotate", help="signed repository: replace a role's keys (new root version)")
-    rotate.add_argument("root", type=Path)
-    rotate.add_argument("repository")
-    rotate.add_argument("role", choices=["root", "targets", "snapshot", "timestamp"])
+    rotate.add_argument("root", type=Path, help="repository root folder")
+    rotate.add_argument("repository", help="repository name (the first part of repository/package/tag)")
+    rotate.add_argument("role", choices=["root", "targets", "snapshot", "timestamp"], help="the role whose keys are replaced")
     rotate.add_argument("--keys", type=Path, required=True, help=KEYS_HELP)
     rotate.add_argument("--count", type=int, default=1, help="new keys (default 1)")
     rotate.add_argument("--threshold", type=int, help="signatures needed (default: all new keys)")
@@ -84,8 +84,8 @@ def add_commands(repo: Any) -> None:
     s3.add_argument("--acl", help="canned ACL for uploaded objects, e.g. public-read")
 
     verify = repo.add_parser("verify", help="signed repository: check it as a device would")
-    verify.add_argument("root", type=Path)
-    verify.add_argument("repository")
+    verify.add_argument("root", type=Path, help="repository root folder")
+    verify.add_argument("repository", help="repository name (the first part of repository/package/tag)")
     verify.add_argument("--trusted-root", type=Path, help="the root devices pin (default: the repository's 1.root.json)")
 
 
