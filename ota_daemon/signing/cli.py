@@ -77,8 +77,8 @@ def add_commands(repo: Any) -> None:
     rotate.add_argument("--threshold", type=int, help="signatures needed (default: all new keys)")
 
     s3 = repo.add_parser("sync", help="signed repository: upload to an S3-compatible bucket (timestamp last)")
-    s3.add_argument("root", type=Path)
-    s3.add_argument("repository")
+    s3.add_argument("root", type=Path, help="repository root folder")
+    s3.add_argument("repository", help="repository name (the first part of repository/package/tag)")
     s3.add_argument("url", help="s3://BUCKET[/PREFIX]")
     s3.add_argument("--endpoint-url", help="an S3-compatible service other than AWS (credentials: boto3's usual chain)")
     s3.add_argument("--acl", help="canned ACL for uploaded objects, e.g. public-read")
