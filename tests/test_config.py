@@ -139,3 +139,22 @@ def test_legacy_script_config_is_read_under_the_file(tmp_path: Path) -> None:
     legacy.write_text('{"path": 42}')
     with pytest.raises(ConfigError, match=r"nexigon-rugix-ota\.json: key 'path'"):
         load_config(cfg, env={})
+
+
+def test_boot_id_file_is_one_name_for_every_installer(tmp_path: Path) -> None:
+    """installer.<kind>.boot_id_file for RAUC, Rugix and SWUpdate alike; SWUpdate's old name
+    boot_id_path is still read (for the daemon and the guard), and both at once is an error."""
+    from ota_daemon.errors import ConfigError
+    from ota_daemon.guard import load_settings
+
+    for kind in ("rauc", "rugix", "swupdate"):
+        config = build_config({"installer": {"kind": kind, kind: {"boot_id_file": "/run/my-boot-id"}}}, source="t.toml", env={})
+        assert getattr(config.installer, kind).boot_id_file == Path("/run/my-boot-id")
+    old = build_config({"installer": {"swupdate": {"boot_id_path": "/run/old"}}}, source="t.toml", env={})
+    assert old.installer.swupdate.boot_id_file == Path("/run/old")
+    with pytest.raises(ConfigError, match="boot_id_path is the old name of boot_id_file"):
+        build_config({"installer": {"swupdate": {"boot_id_path": "/a", "boot_id_file": "/b"}}}, source="t.toml", env={})
+    for key in ("boot_id_file", "boot_id_path"):
+        path = tmp_path / f"{key}.toml"
+        path.write_text(f'[installer]\nkind = "swupdate"\n[installer.swupdate]\n{key} = "/run/x"\n')
+        assert load_settings(path).boot_id_file == Path("/run/x")

@@ -176,3 +176,18 @@ def test_each_exit_code_happens_as_documented(tmp_path: Path, code: int) -> None
             result = run("check")  # the quarantined version is refused: blocked
     assert result.returncode == code, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_every_installer_key_is_in_its_example() -> None:
+    """Each key of installer.<kind> appears, set or commented, in config/<kind>.toml (where the
+    README sends readers for the installer tables)."""
+    from ota_daemon.config import InstallerConfig
+
+    root = Path(__file__).resolve().parent.parent / "config"
+    missing: list[str] = []
+    for kind in ("simulated", "rugix", "rauc", "swupdate"):
+        model = InstallerConfig.model_fields[kind].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        text = (root / f"{kind}.toml").read_text()
+        missing += [f"installer.{kind}.{key}" for key in model.model_fields if not re.search(rf"^\s*#?\s*{key}\s*=", text, re.M)]
+    assert missing == []
