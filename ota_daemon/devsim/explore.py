@@ -30,6 +30,8 @@ async def random_step(driver: Driver, rng: random.Random, points: list[str]) -> 
         "publish": {"kind": rng.choice(("good",) * 5 + RELEASE_KINDS)},
         "tag": {"index": rng.randrange(1000)},
         "cut": {"point": rng.choice(points)},
+        "crash": {"point": rng.choice(points)},
+        "stream": {"on": rng.random() < 0.5},
         "clock_jump": {"seconds": rng.choice(CLOCK_JUMPS)},
         "outage": {"hours": rng.choice((2.0, 26.0, 50.0))},
         "refuse_writes": {"on": rng.random() < 0.3},

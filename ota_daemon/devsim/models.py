@@ -94,7 +94,8 @@ class Model:
         self.system = system
         self.effect = effect
         self.root = root
-        self.source_kinds = frozenset({SourceKind.FILE})
+        # what the real backend accepts (URL mode is not simulated: the tools fetch themselves)
+        self.source_kinds = frozenset({SourceKind.FILE} if self.kind == "rauc" else {SourceKind.FILE, SourceKind.STREAM})
         first = self.slot_names[0]
         self.state: dict[str, Any] = {
             "slots": {first: {"name": system, "version": version, "behaviour": Behaviour.GOOD.value, "complete": True}, self.slot_names[1]: None},

@@ -34,6 +34,8 @@ def cut_points(kind: str) -> list[str]:
     tool's own steps (RAUC and SWUpdate arm the slot inside the install), hub writes, the
     download's first bytes."""
     points = sorted(f"journal:{a.value}->{b.value}" for a, b in TRANSITIONS)
+    if kind == "rauc":  # RAUC takes no stream: nothing goes from idle straight to installing
+        points.remove("journal:idle->installing")
     points += [f"installer:{call}:{when}" for call in INSTALLER_CALLS for when in ("before", "after")]
     points += [p for p in MODEL_CUT_POINTS if kind in ("rauc", "swupdate") or p != "model:install:armed"]
     points += ["hub:publish_status", "hub:publish_events"]
@@ -72,6 +74,17 @@ class Driver:
         reached = result == "cut"
         self.world.arm_cut(None)
         return f"cut at {point}: {'cut' if reached else getattr(result, 'result', result)}"
+
+    async def crash(self, point: str) -> str:
+        """The daemon's process dies at ``point`` (OOM kill, a bug); the system keeps running."""
+        self.world.arm_cut(point, crash=True)
+        result = await self.world.run_pass()
+        self.world.arm_cut(None)
+        return f"crash at {point}: {getattr(result, 'result', result)}"
+
+    async def stream(self, on: bool) -> str:
+        self.world.stream = on
+        return f"download.mode stream: {on}"
 
     async def reboot(self) -> str:
         self.world.power_on()
@@ -130,7 +143,7 @@ class Driver:
 #: the steps the exploration picks from, with weights
 WEIGHTS: dict[str, int] = {
     "publish": 6, "tag": 2, "run": 10, "cut": 8, "reboot": 2, "guard": 2, "clock_jump": 2, "boot_at_1970": 1,
-    "outage": 1, "refuse_writes": 1, "hide_asset": 1, "show_assets": 1, "hub_config": 1, "disk": 1,
+    "crash": 2, "stream": 1, "outage": 1, "refuse_writes": 1, "hide_asset": 1, "show_assets": 1, "hub_config": 1, "disk": 1,
 }
 
 

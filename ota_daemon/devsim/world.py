@@ -156,7 +156,10 @@ class _Armed(list[str]):
 
 
 class World:
-    def __init__(self, root: Path, kind: str = "simulated", *, seed: int = 0, interval: str = "4h", jitter: str = "5m", heartbeat: str | None = None) -> None:
+    def __init__(
+        self, root: Path, kind: str = "simulated", *, seed: int = 0, interval: str = "4h", jitter: str = "5m",
+        heartbeat: str | None = None, hub: dict[str, Any] | None = None, publish_base: bool = True,
+    ) -> None:
         self.root = root
         self.kind = kind
         self.rng = random.Random(seed)
@@ -169,11 +172,14 @@ class World:
         self.reached: Counter[str] = Counter()
         self.violations: list[str] = []
         self.cut_at: str | None = None
+        self.crash_only = False
         self.powered = True
         self._frozen: tuple[Path, dict[str, Any]] | None = None
         self.hub_down = False
         self.refuse_writes = False
         self.disk_full = False
+        #: download.mode = "stream" where the installer takes a stream (else "file")
+        self.stream = False
         self.hub_config: dict[str, Any] | None = None
         self.hub_status: dict[str, Any] = {}
         self.hub_events: list[dict[str, Any]] = []
@@ -185,10 +191,13 @@ class World:
         self.daemon_alive = True
         self.next_number = 1
         self.interval, self.jitter, self.heartbeat = interval, jitter, heartbeat
+        #: the ``[hub]`` table of another hub (the Nexigon agent double): used as it is, unwrapped
+        self.hub_tables = hub
         self._http: Any = None
         self._config: tuple[Any, Config] | None = None
         self._stack = contextlib.AsyncExitStack()
-        self.publish("1.0.0", "good")
+        if publish_base:
+            self.publish("1.0.0", "good")
         from ota_daemon.daemon import Daemon
 
         self.daemon = Daemon(None, config=self.config(), clock=self.clock, notifier=_Silent(), rng=random.Random(seed))
@@ -197,7 +206,7 @@ class World:
 
     # ------------------------------------------------------------------ config and wiring
     def config(self) -> Config:
-        key = (self.disk_full, self.heartbeat, self.interval, self.jitter)
+        key = (self.disk_full, self.heartbeat, self.interval, self.jitter, self.stream)
         if self._config is None or self._config[0] != key:
             self._config = (key, self._build_config())
         return self._config[1]
@@ -212,10 +221,12 @@ class World:
             "health": {"deadline": "60s", "interval": "10s", "checks": [{"kind": "command", "name": "app", "command": ["true"]}]},
             "policy": {"inhibit_dir": str(self.root / "inhibit.d"), "reboot": "immediate"},
             "hooks": {"dir": str(self.root / "hooks.d")},
-            "download": {"free_space_margin": (1 << 50) if self.disk_full else 0},
+            "download": {"free_space_margin": (1 << 50) if self.disk_full else 0, "mode": "stream" if self.stream and self.kind != "rauc" else "auto"},
         }
         if self.heartbeat is not None:
             tables["telemetry"] = {"heartbeat": self.heartbeat}
+        if self.hub_tables is not None:
+            tables["hub"] = self.hub_tables
         return build_config(tables, source="devsim", env={})
 
     @contextlib.asynccontextmanager
@@ -226,14 +237,20 @@ class World:
         config = self.config()  # the local file as it is now (disk, heartbeat)
         if self._http is None:
             self._http = await self._stack.enter_async_context(make_http_client(config.tls, timeout=config.download.connect_timeout))
-        hub = SimHub(get_hub("static", config=config, http=self._http, clock=self.clock), self)
-        telemetry = Telemetry(config.state.dir, clock=self.clock, hub=hub, deliver=True)  # type: ignore[arg-type]
+        hub: Any = get_hub(config.hub.kind, config=config, http=self._http, clock=self.clock)
+        if config.hub.kind == "static":
+            hub = SimHub(hub, self)
+        telemetry = Telemetry(config.state.dir, clock=self.clock, hub=hub, deliver=True)
         engine = Engine(
             config=config, hub=hub, installer=self.model, journal=Journal(config.state.dir),  # type: ignore[arg-type]
             telemetry=telemetry, downloader=Downloader(config=config.download, http=self._http, clock=self.clock),
             clock=self.clock, health=SimHealth(self, config),
         )
-        yield engine
+        try:
+            yield engine
+        finally:
+            with contextlib.suppress(Exception):
+                await hub.aclose()
 
     async def aclose(self) -> None:
         await self._stack.aclose()
@@ -339,8 +356,11 @@ class World:
         self.hidden_assets.clear()
 
     # ------------------------------------------------------------------ power
-    def arm_cut(self, point: str | None) -> None:
+    def arm_cut(self, point: str | None, *, crash: bool = False) -> None:
+        """Cut the power at ``point`` (``crash``: only the daemon's process dies there; the
+        system keeps running, no reboot)."""
         self.cut_at = point
+        self.crash_only = crash
 
     def effect(self, name: str) -> None:
         """A cut point: record it; cut the power if it is the armed one; nothing runs after a cut."""
@@ -386,6 +406,20 @@ class World:
             else:
                 os.environ[faults.ENV] = saved[2]
 
+    def restart_process(self) -> None:
+        """The daemon died at the cut point; the system runs on: the files and the tool's
+        state are what they were when it died, and no reboot happens."""
+        if self._frozen is not None:
+            snapshot, model_state = self._frozen
+            if self.state_dir.exists():
+                shutil.rmtree(self.state_dir)
+            if snapshot.exists():
+                snapshot.rename(self.state_dir)
+            self.model.restore(model_state)
+            self._frozen = None
+        self.powered = True
+        self.crash_only = False
+
     def power_on(self) -> None:
         """Reboot or power on: the disk as the cut left it, then the bootloader's choice."""
         if self._frozen is not None:
@@ -426,6 +460,9 @@ class World:
                 outcome = "cut"
         self.counters.results[str(getattr(outcome, "result", outcome)).split(" (")[0]] += 1
         if outcome == "cut":
+            if self.crash_only:
+                self.restart_process()
+                return "crash"
             self.power_on()
             return "cut"
         self.check_after_pass(fallback)

@@ -103,6 +103,14 @@ class DeviceMachine(RuleBasedStateMachine):
     def cut(self, point: str) -> None:
         self.step(self.driver.cut(point))
 
+    @rule(point=st.sampled_from(sorted({p for k in ("rauc", "rugix") for p in cut_points(k)})))
+    def crash(self, point: str) -> None:
+        self.step(self.driver.crash(point))
+
+    @rule(on=st.booleans())
+    def stream(self, on: bool) -> None:
+        self.step(self.driver.stream(on))
+
     @rule()
     def reboot(self) -> None:
         self.step(self.driver.reboot())
