@@ -7,6 +7,8 @@ import asyncio
 import email.utils
 import re
 import ssl
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,8 +89,64 @@ def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     return None
 
 
-def _lane(name: str) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ota-download-{name}")
+class _SerialLane:
+    """Tasks run one after another, in order, on the shared worker threads: a download's
+    write, hash and sync lanes need no threads of their own. Threads are made once and reused,
+    download after download (a thread made per download costs a malloc arena's worth of
+    memory that is never given back)."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.lock = threading.Lock()
+        self.queue: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.running = False
+
+    def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        with self.lock:
+            self.queue.append((future, fn, args))
+            if not self.running:
+                self.running = True
+                self.pool.submit(self._drain)
+        return future
+
+    def _drain(self) -> None:
+        while True:
+            with self.lock:
+                if not self.queue:
+                    self.running = False
+                    return
+                future, fn, args = self.queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Nothing to stop: the threads belong to the shared pool."""
+        return None
+
+
+_POOLS: dict[str, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(name: str, workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of reusable threads (made on demand, up to ``workers``)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(name)
+        if pool is None:
+            pool = _POOLS[name] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ota-download-{name}")
+        return pool
+
+
+def _lane(name: str) -> _SerialLane:
+    """A serial lane (``name`` is for the reader: all lanes share the ``lanes`` threads)."""
+    return _SerialLane(_pool("lanes", 16))
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import weakref
 from dataclasses import dataclass
@@ -34,10 +35,39 @@ class _ClientInfo:
 _CLIENTS: weakref.WeakKeyDictionary[httpx.AsyncClient, _ClientInfo] = weakref.WeakKeyDictionary()
 
 
+def _identity(path: object) -> tuple[object, ...]:
+    if not path:
+        return (None,)
+    try:
+        st = Path(str(path)).stat()
+    except OSError:
+        return (str(path), None)
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+#: contexts by what they were built from (files by name, inode, size and mtime): a pass builds
+#: a client, and loading a trust store costs ~0.1 s of CPU and megabytes of malloc churn
+_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
 def make_ssl_context(tls: TlsConfig | None = None) -> ssl.SSLContext:
     """Verification always on: ``tls.ca_file`` alone when set, else the default trust store
     (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` honoured, as httpx does); plus the client
-    certificate and key when configured."""
+    certificate and key when configured. The same files give the same context (reused: a
+    changed file, by size or modification time, gives a new one)."""
+    files = (tls.ca_file, tls.client_cert, tls.client_key) if tls is not None else (None, None, None)
+    key = (*(_identity(f) for f in files), _identity(os.environ.get("SSL_CERT_FILE")), _identity(os.environ.get("SSL_CERT_DIR")))
+    cached = _CONTEXTS.get(key)
+    if cached is not None:
+        return cached
+    ctx = _build_ssl_context(tls)
+    if len(_CONTEXTS) >= 8:
+        _CONTEXTS.clear()
+    _CONTEXTS[key] = ctx
+    return ctx
+
+
+def _build_ssl_context(tls: TlsConfig | None) -> ssl.SSLContext:
     try:
         if tls is not None and tls.ca_file:
             what = f"tls.ca_file {tls.ca_file}"

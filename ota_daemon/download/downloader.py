@@ -42,6 +42,7 @@ from ota_daemon.download.base import (
 from ota_daemon.download.client import _CLIENTS, local_path
 from ota_daemon.download.hashing import Sha256
 from ota_daemon.download.httpx_transport import _HttpxResponse
+from ota_daemon.download.memory import cap_malloc_arenas, release_free_memory
 from ota_daemon.download.pacing import _Meter, _SpeedGuard, _TokenBucket
 from ota_daemon.download.partial import (
     _commit,
@@ -72,10 +73,17 @@ class Downloader:
         self.rng = rng or random.Random()
         #: Requests sent by this downloader (tests and benchmarks read it).
         self.requests = 0
+        cap_malloc_arenas()
 
     # ------------------------------------------------------------------ file mode
     async def to_file(self, *, url: UrlProvider, asset: Asset, dest: Path, progress: ProgressCallback | None = None) -> Path:
         """Download ``asset`` to ``dest`` (resuming ``dest.partial``), verify, return the path."""
+        try:
+            return await self._to_file(url=url, asset=asset, dest=dest, progress=progress)
+        finally:
+            release_free_memory()
+
+    async def _to_file(self, *, url: UrlProvider, asset: Asset, dest: Path, progress: ProgressCallback | None) -> Path:
         first = await url()
         local = local_path(first)
         if local is not None:
@@ -204,6 +212,7 @@ class Downloader:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            release_free_memory()
         await meter.update(job.have, force=True)
         if job.have != asset.size or digest != asset.sha256:
             raise IntegrityError(

@@ -22,6 +22,7 @@ from ota_daemon.download.base import (
     _MAX_REDIRECTS,
     _REDIRECT_STATUS,
     _network_reason,
+    _pool,
     _Retry,
     _Sink,
     _UseHttpx,
@@ -36,6 +37,16 @@ def _proxied(scheme: str) -> bool:
     """Whether the environment configures a proxy for ``scheme`` (then httpx handles it)."""
     proxies = urllib.request.getproxies()
     return bool(proxies.get(scheme) or proxies.get("all"))
+
+
+_RECEIVING = 0
+_RECEIVING_LOCK = threading.Lock()
+
+
+def receiving() -> int:
+    """How many bodies are being received right now (tests: none after a cancel)."""
+    with _RECEIVING_LOCK:
+        return _RECEIVING
 
 
 class _RawResponse:
@@ -84,11 +95,10 @@ class _RawBody:
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.permits = threading.Semaphore(_DEPTH)
         self.halt = threading.Event()
-        self.done: Future[None] = Future()
         self.loop = asyncio.get_running_loop()
         self.stopped = False
+        self.done: Future[None] = _pool("recv", 8).submit(self._run)
         sink.watch(self.done)
-        threading.Thread(target=self._run, name="ota-download-recv", daemon=True).start()
 
     def __aiter__(self) -> _RawBody:
         return self
@@ -128,6 +138,9 @@ class _RawBody:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     def _run(self) -> None:
+        global _RECEIVING
+        with _RECEIVING_LOCK:
+            _RECEIVING += 1
         try:
             if self.resp.chunked is not None:
                 self._run_chunked()
@@ -140,7 +153,8 @@ class _RawBody:
             self._put(exc)
         finally:
             self.resp.sock.close()
-            self.done.set_result(None)
+            with _RECEIVING_LOCK:
+                _RECEIVING -= 1
 
     def _take(self, data: bytes) -> None:
         self.sink.process(data)

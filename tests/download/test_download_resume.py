@@ -17,6 +17,7 @@ import pytest
 from dlfaults import Action, FaultServer, blob, downloader, leftovers, make_config, provider_of
 
 from ota_daemon.clock import FakeClock
+from ota_daemon.download.socket_transport import receiving
 from ota_daemon.errors import NoSpace, TransientError
 
 MiB = 1 << 20
@@ -197,10 +198,10 @@ async def test_cancelling_a_download_keeps_the_partial_file_and_leaks_nothing(se
         with pytest.raises(asyncio.CancelledError):
             await task
     for _ in range(100):
-        if not any(t.name.startswith("ota-download-recv") for t in __import__("threading").enumerate()):
+        if not receiving():
             break
         await asyncio.sleep(0.01)
-    assert not any(t.name.startswith("ota-download-recv") for t in __import__("threading").enumerate())
+    assert not receiving()
     assert (tmp_path / "a.img.partial").stat().st_size == MiB
 
 

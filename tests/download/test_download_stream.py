@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import cast
@@ -13,6 +12,7 @@ import pytest
 from dlfaults import Action, FaultServer, blob, downloader, provider_of
 
 from ota_daemon.clock import FakeClock
+from ota_daemon.download.socket_transport import receiving
 from ota_daemon.errors import IntegrityError, TransientError, UpdateFailed
 from ota_daemon.model import Asset, Progress
 
@@ -104,10 +104,10 @@ async def test_a_consumer_that_stops_early_leaves_no_thread_behind(server: Fault
         await chunks.aclose()
     assert first == data[: len(first)]
     for _ in range(200):
-        if not any(t.name.startswith("ota-download-recv") for t in threading.enumerate()):
+        if not receiving():
             break
         await asyncio.sleep(0.01)
-    assert not any(t.name.startswith("ota-download-recv") for t in threading.enumerate())
+    assert not receiving()
 
 
 async def test_a_local_file_is_streamed_and_verified(clock: FakeClock, tmp_path: Path) -> None:
