@@ -35,7 +35,9 @@ async def open_engine(config: Config, *, clock: Clock | None = None) -> AsyncIte
         hub = get_hub(config.hub.kind, config=config, http=http, clock=clock)
         installer = get_installer(config.installer.kind, config=config, clock=clock)
         try:
-            telemetry = Telemetry(config.state.dir, clock=clock, hub=hub, deliver=config.hub.kind != "static")
+            telemetry = Telemetry(
+                config.state.dir, clock=clock, hub=hub, deliver=config.hub.kind != "static", heartbeat=config.telemetry.heartbeat
+            )
             engine = Engine(
                 config=config,
                 hub=hub,

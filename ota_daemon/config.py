@@ -194,7 +194,9 @@ class HubConfig(_Section):
     status_property: str = "dev.nexigon.ota.status"
     legacy_config: Path | None = Path("/etc/nexigon-rugix-ota.json")
     details_cache_ttl: Duration = Field(
-        default=86400.0, description="nexigon: how long version details are reused without asking the hub again"
+        default=7 * 86400.0,
+        description="nexigon: how long version details are reused without asking the hub again (longer than "
+        "telemetry.heartbeat, so a heartbeat pass does not fetch them too)",
     )
 
     @field_validator("path")
@@ -493,6 +495,13 @@ class TlsConfig(_Section):
     client_key: Path | None = None
 
 
+class TelemetryConfig(_Section):
+    heartbeat: Duration = Field(
+        default=86400.0,
+        description="lastCheck reaches the hub's status at most this often (one status write); 0 turns it off",
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -520,6 +529,7 @@ class Config(BaseSettings):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     #: problems with the file itself (world-writable, foreign owner): see :func:`file_warnings`
     _load_warnings: list[str] = PrivateAttr(default_factory=list)

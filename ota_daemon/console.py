@@ -210,5 +210,5 @@ def format_event(ev: dict[str, Any]) -> str:
     """One event as one line: time, severity, body and its most telling attribute."""
     attrs = ev.get("attributes", {})
     attrs = attrs if isinstance(attrs, dict) else {}
-    extra = attrs.get("error") or attrs.get("targetVersion") or ""
+    extra = attrs.get("error") or attrs.get("message") or attrs.get("targetVersion") or ""
     return f"{ev.get('emittedAt', '')}  {ev.get('severity', ''):<7} {ev.get('body', '')}{'  ' + str(extra) if extra else ''}"

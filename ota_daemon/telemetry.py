@@ -1,8 +1,20 @@
 """What the daemon tells the world: events and the status document.
 
-Wire-compatible with the ``nexigon-rugix-ota`` script: events have category ``ota`` and the
-script's bodies; the status document has the script's fields (``state``, ``currentVersion``,
-``targetVersion``, ``failureCount``, ``lastError``, ``config``) plus ours.
+Wire-compatible with the ``nexigon-rugix-ota`` script: events have category ``ota`` and a
+body from a fixed vocabulary (the script's messages where it had one); everything that varies
+(versions, reasons, errors) is an attribute. The status document the hub gets always has every
+field the script writes (``state``, ``currentVersion``, ``targetVersion``, ``failureCount``,
+``lastError``, ``config``), plus ours. It is kept apart from the local status
+(``hub-doc.json``): :meth:`Telemetry.set_local` never reaches the hub. On the first start
+from an empty state directory the hub's existing status is adopted (:meth:`Telemetry.adopt`)
+so that the script's ``failureCount`` and ``lastError`` carry over and a status is never
+replaced by a poorer one.
+
+Hub round trips are few: an event the hub gets is delivered when it is emitted (one batch
+where the hub takes batches), the status only at :meth:`Telemetry.flush` — before a long
+step, before a reboot, at the end of a pass — and only when it changed. Progress, download
+and other step-by-step events stay local. ``lastCheck`` reaches the hub at most once per
+``telemetry.heartbeat`` (:meth:`Telemetry.checked`).
 
 Everything is kept locally too — ``status.json`` and a bounded ``events.jsonl`` in the state
 directory — so ``ota-daemon status`` works with any hub. Events for a hub go through an
@@ -109,21 +121,27 @@ _SEVERITY = {
 #: the log level of an event's log line, by its severity (journald PRIORITY follows the level)
 _LOG_LEVEL = {"Error": "error", "Warning": "warning", "Info": "info", "Debug": "info"}
 
+#: what the hub's status document has when nothing set a field: ``nexigon-rugix-ota`` always
+#: wrote these (and ``currentVersion``/``config``, which :attr:`Telemetry.defaults` supply)
+SCRIPT_DEFAULTS: dict[str, Any] = {"state": "idle", "targetVersion": None, "failureCount": 0, "lastError": None}
+SCRIPT_FIELDS = ("state", "currentVersion", "targetVersion", "failureCount", "lastError", "config")
+
 #: fields of the status document that the hub sees; the local copy adds volatile ones
+#: (phase, progress, next check …) that would cost a hub write each time they change
 HUB_STATUS_FIELDS = (
-    "state",
-    "currentVersion",
-    "targetVersion",
-    "failureCount",
-    "lastError",
-    "config",
-    "phase",
-    "progress",
+    *SCRIPT_FIELDS,
     "attemptId",
     "quarantined",
     "reason",
     "runningSlot",
     "agent",
+    "lastCheck",
+)
+
+#: events recorded locally only: step-by-step detail that would cost a hub write each
+#: (over the agent CLI one process per event); the status and the hub's events tell the story
+LOCAL_EVENTS = frozenset(
+    {Event.CHECKING, Event.UPDATE_AVAILABLE, Event.DOWNLOADING, Event.DOWNLOADED, Event.PROGRESS, Event.INSTALLED}
 )
 
 
@@ -142,6 +160,7 @@ class Telemetry:
         max_events: int = 1000,
         max_spool: int = 2000,
         progress_step: float = 25.0,
+        heartbeat: float = 86400.0,
     ) -> None:
         self.dir = ensure_private_dir(state_dir)
         self.clock = clock
@@ -154,8 +173,19 @@ class Telemetry:
         self.spool_path = self.dir / "spool.jsonl"
         self.status_path = self.dir / "status.json"
         self.hub_status_path = self.dir / "hub-status.json"
+        self.hub_doc_path = self.dir / "hub-doc.json"
+        self.heartbeat = heartbeat
         self.status: dict[str, Any] = _read_json(self.status_path) or {}
         self._published: dict[str, Any] | None = _read_json(self.hub_status_path)
+        hub_doc = _read_json(self.hub_doc_path)
+        #: what the hub's status document holds (set by update_status and adopt, never set_local)
+        self.hub_doc: dict[str, Any] = (
+            hub_doc if hub_doc is not None else {k: self.status[k] for k in HUB_STATUS_FIELDS if k in self.status}
+        )
+        #: the hub's status was read (or there was none), or ours was published before
+        self._adopted = hub_doc is not None or self._published is not None
+        #: fields the hub's document gets when nothing set them (the engine: config, currentVersion)
+        self.defaults: dict[str, Any] = {}
         self._progress_marks: dict[str, float] = {}
         #: the hub refused the status write for good in this process: try again next pass
         self._status_refused = False
@@ -166,13 +196,18 @@ class Telemetry:
         self.log_progress = True
 
     # ------------------------------------------------------------------ events
-    async def emit(self, event: Event, body: str | None = None, *, key: str | None = None, **attributes: Any) -> dict[str, Any] | None:
-        """Record an event (and queue it for the hub). Never raises for delivery problems.
+    async def emit(self, event: Event, message: str | None = None, *, key: str | None = None, **attributes: Any) -> dict[str, Any] | None:
+        """Record an event (and, unless it is in :data:`LOCAL_EVENTS`, deliver it to the hub).
+        Never raises for delivery problems.
 
-        ``key`` makes the event idempotent: recorded once however often it is emitted.
+        The body is the event's fixed text; ``message`` (the details in words) becomes the
+        attribute ``message``. ``key`` makes the event idempotent: recorded once however
+        often it is emitted.
         """
         now = self.clock.now()
         attrs = {"event": event.value, **self.context, **{k: v for k, v in attributes.items() if v is not None}}
+        if message and "message" not in attrs:
+            attrs["message"] = message
         if key is not None:
             attrs["dedupe"] = key
             if self._seen(key):
@@ -181,15 +216,15 @@ class Telemetry:
             "eventId": make_event_id(now, key),
             "severity": _SEVERITY.get(event, "Info"),
             "category": CATEGORY,
-            "body": redact_text(body) if body else _BODY[event],
+            "body": _BODY[event],
             "attributes": redact_value(attrs),
             "emittedAt": iso_precise(now),
         }
         line = json.dumps(record, separators=(",", ":")) + "\n"
         self._append(self.events_path, line, self.max_events)
-        if self.deliver:
+        if self.deliver and event not in LOCAL_EVENTS:
             self._append(self.spool_path, line, self.max_spool, count_drops=True, durable=True)
-            await self.flush()
+            await self._deliver()
         if event is not Event.PROGRESS or self.log_progress:
             level = _LOG_LEVEL.get(record["severity"], "info")
             getattr(log, level)(record["body"], **{k: v for k, v in record["attributes"].items() if k != "event"}, event_kind=event.value)
@@ -226,6 +261,17 @@ class Telemetry:
         """Deliver spooled events oldest first, then an unpublished status. True when all went."""
         if not self.deliver or self.hub is None:
             return True
+        ok = await self._deliver()
+        if ok and not self._adopted:
+            await self.adopt()
+        if ok and self._adopted and not self._status_refused and self._hub_view() != self._published:
+            ok = await self._publish_status()
+        return ok
+
+    async def _deliver(self) -> bool:
+        """Deliver spooled events oldest first (batches of 100). True when all went."""
+        if not self.deliver or self.hub is None:
+            return True
         ok = True
         lines = _read_lines(self.spool_path, keepends=True)
         if lines:
@@ -250,8 +296,6 @@ class Telemetry:
                 # the hub refuses these events for good: drop them rather than block the spool
                 log.error("hub refused spooled events; dropped", error=str(exc))
                 self.spool_path.unlink(missing_ok=True)
-        if ok and not self._status_refused and self._hub_view() != self._published:
-            ok = await self._publish_status()
         return ok
 
     # ------------------------------------------------------------------ progress
@@ -264,7 +308,7 @@ class Telemetry:
         bucket = min(100.0, (item.percent // step) * step)
         if mark is None or bucket > mark:
             self._progress_marks[item.phase] = bucket
-            await self.emit(Event.PROGRESS, f"{item.phase} {bucket:.0f} %", phase=item.phase, progress=round(bucket, 1))
+            await self.emit(Event.PROGRESS, phase=item.phase, progress=round(bucket, 1))
             await self.update_status(progress=round(bucket, 1), phase=item.phase)
 
     def reset_progress(self) -> None:
@@ -277,6 +321,10 @@ class Telemetry:
         The hub gets it at the next :meth:`flush` (with the next event, before a reboot, at the
         end of a pass): several changes within one step become one write.
         """
+        hub = {k: v for k, v in fields.items() if k in HUB_STATUS_FIELDS}
+        if any(k not in self.hub_doc or self.hub_doc[k] != v for k, v in hub.items()):
+            self.hub_doc.update(hub)
+            self._write_hub_doc()
         before = dict(self.status)
         for key, value in fields.items():
             self.status[key] = value
@@ -288,12 +336,61 @@ class Telemetry:
             listener(self.status)
 
     def set_local(self, **fields: Any) -> None:
-        """Fields for the local status only (last check, next check): no hub write."""
+        """Fields for the local status only (a transient error, next check): no hub write."""
         self.status.update(fields)
         self._write_local()
 
+    def checked(self) -> None:
+        """The hub answered a check: ``lastCheck`` locally, and on the hub once per heartbeat."""
+        now = self.clock.now()
+        self.set_local(lastCheck=iso(now))
+        if self.heartbeat <= 0:
+            return
+        last = _parse_iso(self.hub_doc.get("lastCheck"))
+        # a clock set back (no RTC, then NTP) must not hold the heartbeat off for years
+        if last is None or now - last >= self.heartbeat or now < last:
+            self.hub_doc["lastCheck"] = iso(now)
+            self._write_hub_doc()
+
+    async def adopt(self) -> None:
+        """Take over the hub's status document, once per state directory (the first start).
+
+        The script's (or an earlier installation's) ``failureCount`` and ``lastError`` carry
+        over, its fields stay in the document until ours replace them, and fields we do not
+        know are kept as the script kept them. While the hub cannot be read, our status is
+        not published (it would replace one we have not seen).
+        """
+        if self._adopted or self.hub is None or not self.deliver:
+            return
+        read = getattr(self.hub, "read_status", None)
+        prior: Any = None
+        if callable(read):
+            try:
+                prior = await read()
+            except TransientError as exc:
+                log.warning("hub status not read yet; ours is not published before it is", error=str(exc))
+                return
+            except OtaError as exc:
+                log.warning("hub status unreadable; publishing ours", error=str(exc))
+        carried = _adoptable(prior)
+        for key in ("state", "targetVersion", "failureCount", "lastError"):
+            if key in carried and key not in self.status:
+                self.status[key] = carried[key]
+        self.hub_doc = {**carried, **self.hub_doc}
+        self._adopted = True
+        self._write_hub_doc()
+        self._write_local()
+        if carried:
+            log.info("status on the hub adopted", failure_count=carried.get("failureCount"), state=carried.get("state"))
+
     def _hub_view(self) -> dict[str, Any]:
-        return {k: self.status[k] for k in HUB_STATUS_FIELDS if k in self.status}
+        """The status document for the hub: complete, whatever happened before."""
+        return {**SCRIPT_DEFAULTS, **self.defaults, **self.hub_doc}
+
+    def _write_hub_doc(self) -> None:
+        if not self.deliver:
+            return  # no hub to publish to: the local status is all there is
+        atomic_write(self.hub_doc_path, json.dumps(redact_value(self.hub_doc), sort_keys=True).encode())
 
     def _write_local(self) -> None:
         atomic_write(self.status_path, json.dumps(redact_value(self.status), indent=1, sort_keys=True).encode(), mode=0o644)
@@ -333,6 +430,51 @@ class Telemetry:
         """The last ``limit`` events recorded locally; lines that are not events are skipped."""
         events = [event for line in _read_lines(self.events_path) if (event := _parse_event(line)) is not None]
         return events[-limit:] if limit > 0 else []
+
+
+def _parse_iso(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+#: a hub status larger than this (serialised) keeps only the script's fields when adopted
+_MAX_ADOPTED_EXTRAS = 64 * 1024
+_STATES = frozenset(s.value for s in State)
+#: fields an earlier version of ours published that are local now: not carried over
+_LOCAL_FIELDS = frozenset({"phase", "progress", "updatedAt", "nextCheck", "warnings", "eventsDropped"})
+
+
+def _adoptable(prior: Any) -> dict[str, Any]:
+    """What of a status found on the hub carries over: the script's fields where their type is
+    right, and fields neither the script nor we write (kept as the script kept them)."""
+    if not isinstance(prior, dict):
+        return {}
+    out: dict[str, Any] = {}
+    state = prior.get("state")
+    if isinstance(state, str) and state in _STATES:
+        out["state"] = state
+    version = prior.get("currentVersion")
+    if isinstance(version, str) and version:
+        out["currentVersion"] = version
+    target = prior.get("targetVersion")
+    if target is None or (isinstance(target, str) and target):
+        out["targetVersion"] = target
+    count = prior.get("failureCount")
+    if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 1 << 31:
+        out["failureCount"] = count
+    error = prior.get("lastError")
+    if error is None or isinstance(error, str):
+        out["lastError"] = None if error is None else redact_text(error)[:1000]
+    if isinstance(prior.get("config"), dict):
+        out["config"] = prior["config"]
+    extras = {k: v for k, v in prior.items() if isinstance(k, str) and k not in HUB_STATUS_FIELDS and k not in _LOCAL_FIELDS}
+    if extras and len(json.dumps(extras)) <= _MAX_ADOPTED_EXTRAS:
+        out.update(extras)
+    return redact_value(out)  # type: ignore[no-any-return]
 
 
 def iso_precise(ts: float) -> str:

@@ -192,7 +192,7 @@ def test_world_writable_config_is_reported(world: SimWorld) -> None:
     config = world.toml()
     config.chmod(0o666)
     assert cli("--config", str(config), "check").returncode == 0
-    warnings = [e["body"] for e in events(world) if e["attributes"]["event"] == "warning"]
+    warnings = [str(e["attributes"].get("message")) for e in events(world) if e["attributes"]["event"] == "warning"]
     assert any("writable" in w for w in warnings), warnings
 
 

@@ -238,7 +238,7 @@ async def test_corrupt_journal_is_moved_aside(world: SimWorld, clock: FakeClock)
     result = await run_pass(world, clock)
     assert result.result is Result.UP_TO_DATE
     assert list(world.state_dir.glob("journal.corrupt.*.json"))
-    assert any("unreadable" in e["body"] for e in events(world))
+    assert any("unreadable" in str(e["attributes"].get("message")) for e in events(world))
 
 
 async def test_crash_loop_stops(world: SimWorld, clock: FakeClock) -> None:

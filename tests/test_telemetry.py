@@ -96,7 +96,8 @@ async def test_events_spooled_and_delivered_in_order(tmp_path: Path) -> None:
     # a new process (after a restart) delivers what the old one spooled
     tel2 = Telemetry(tmp_path, clock=FakeClock(), hub=hub, deliver=True)  # type: ignore[arg-type]
     assert await tel2.flush()
-    assert [e["body"] for e in hub.events] == [f"message {i}" for i in range(5)]
+    assert [e["attributes"]["message"] for e in hub.events] == [f"message {i}" for i in range(5)]
+    assert {e["body"] for e in hub.events} == {"warning"}
     assert (tmp_path / "spool.jsonl").read_text() == ""
     assert all(e["category"] == "ota" for e in hub.events)
 
@@ -110,7 +111,7 @@ async def test_spool_is_bounded_and_counts_drops(tmp_path: Path) -> None:
         await tel.emit(Event.WARNING, f"m{i}")
     lines = (tmp_path / "spool.jsonl").read_text().splitlines()
     assert len(lines) == 10
-    assert json.loads(lines[-1])["body"] == "m24"
+    assert json.loads(lines[-1])["attributes"]["message"] == "m24"
     assert tel.status["eventsDropped"] == 15
 
 

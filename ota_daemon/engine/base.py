@@ -166,7 +166,7 @@ class EngineBase:
         changed = gist(self.telemetry.status.get("reason")) != gist(reason) or self.telemetry.status.get("state") != State.BLOCKED.value
         await self.telemetry.update_status(state=State.BLOCKED.value, targetVersion=target.version, reason=reason, phase=Phase.IDLE.value)
         if changed:
-            await self.telemetry.emit(Event.BLOCKED, f"update deferred: {reason}", targetVersion=target.version, currentVersion=current, reason=reason)
+            await self.telemetry.emit(Event.BLOCKED, targetVersion=target.version, currentVersion=current, reason=reason)
 
     async def _report_error(self, error: str, current: str) -> None:
         if self.telemetry.status.get("lastError") != error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import structlog
@@ -13,7 +14,7 @@ from ota_daemon.engine.identity import system_identity
 from ota_daemon.engine.resume import PostReboot
 from ota_daemon.engine.util import (
     _agent,
-    _iso,
+    _config_view,
     _peek_sim_header,
     _quarantine_list,
     _sha256_file,
@@ -29,16 +30,28 @@ class Engine(PostReboot):
     """One reconcile pass and the operator's entry points (check, install, commit, reboot, retry)."""
 
     # ------------------------------------------------------------------ entry points
-    async def reconcile(self, *, dry_run: bool = False) -> PassResult:
-        """One full pass; what it reported reaches the hub before it returns (or is spooled)."""
+    @contextlib.asynccontextmanager
+    async def _reporting(self) -> AsyncIterator[None]:
+        """Around each entry point: what it reported reaches the hub before it returns (or is
+        spooled), and the status published is complete — with what the hub's status has before
+        anything is known, and on the first start the status found there (the replaced
+        script's) carried over."""
+        self.telemetry.defaults = {"config": _config_view(self.config, self.config), "currentVersion": system_identity(self.config)[1] or "unknown"}
+        await self.telemetry.adopt()
         try:
-            return await self._reconcile(dry_run=dry_run)
-        except TransientError as exc:
-            # the hub may be what is away: at least `ota-daemon status` tells
-            self.telemetry.set_local(lastError=str(exc))
-            raise
+            yield
         finally:
             await self.telemetry.flush()
+
+    async def reconcile(self, *, dry_run: bool = False) -> PassResult:
+        """One full pass; what it reported reaches the hub before it returns (or is spooled)."""
+        async with self._reporting():
+            try:
+                return await self._reconcile(dry_run=dry_run)
+            except TransientError as exc:
+                # the hub may be what is away: at least `ota-daemon status` tells (not the hub)
+                self.telemetry.set_local(lastError=str(exc))
+                raise
 
     async def _reconcile(self, *, dry_run: bool) -> PassResult:
         structlog.contextvars.clear_contextvars()
@@ -51,7 +64,6 @@ class Engine(PostReboot):
         name, current = system_identity(self.config, info)
         current = current or "unknown"
         await self.telemetry.update_status(currentVersion=current, runningSlot=info.booted, agent=_agent())
-        self.telemetry.set_local(lastCheck=_iso(self.clock.now()))
 
         # one effective configuration for the whole pass, before anything acts on it: a reboot
         # policy or window from the hub holds for the resume step too
@@ -65,7 +77,8 @@ class Engine(PostReboot):
             raise ConfigError("hub.path: required ('repository/package/tag'), in the config file or the hub's config property")
         try:
             document = await self.hub.resolve(path)
-            target = await self.pin(document, path=path, system_name=name, config=config)
+            self.telemetry.checked()
+            target = await self.pin(document, path=path, system_name=name, config=config, current=current)
         except HubError as exc:
             await self._report_error(str(exc), current)
             return PassResult(Result.FAILED, current, None, str(exc))
@@ -115,6 +128,10 @@ class Engine(PostReboot):
 
     async def install_local(self, source: str, *, version: str | None = None, sha256: str | None = None) -> PassResult:
         """``ota-daemon install FILE|URL``: the same verification, journal and reboot handling."""
+        async with self._reporting():
+            return await self._install_local(source, version=version, sha256=sha256)
+
+    async def _install_local(self, source: str, *, version: str | None, sha256: str | None) -> PassResult:
         info = await self.installer.slot_info()
         data = self.journal.load()
         name, current = system_identity(self.config, info)
@@ -148,6 +165,10 @@ class Engine(PostReboot):
 
     async def commit_now(self, *, run_health: bool = False) -> PassResult:
         """``ota-daemon commit``: commit the booted trial slot (health gate only when asked)."""
+        async with self._reporting():
+            return await self._commit_now(run_health=run_health)
+
+    async def _commit_now(self, *, run_health: bool) -> PassResult:
         info = await self.installer.slot_info()
         data = self.journal.load()
         _, current = system_identity(self.config, info)
@@ -166,6 +187,10 @@ class Engine(PostReboot):
 
     async def reboot_now(self) -> PassResult:
         """``ota-daemon reboot``: reboot into an installed update that waits for its reboot."""
+        async with self._reporting():
+            return await self._reboot_now()
+
+    async def _reboot_now(self) -> PassResult:
         info = await self.installer.slot_info()
         data = self.journal.load()
         _, current = system_identity(self.config, info)

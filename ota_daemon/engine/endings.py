@@ -46,7 +46,7 @@ class Endings(EngineBase):
             state=State.ROLLBACK.value, currentVersion=current, targetVersion=None, failureCount=data.failure_count + 1,
             lastError=message, phase=Phase.IDLE.value, progress=None, quarantined=_quarantine_list(data), reason=reason,
         )
-        await self.telemetry.emit(Event.ROLLBACK, message, key=f"{attempt.id}:rollback", targetVersion=attempt.target_version, currentVersion=current, error=reason)
+        await self.telemetry.emit(Event.ROLLBACK, key=f"{attempt.id}:rollback", targetVersion=attempt.target_version, currentVersion=current, error=message, reason=reason)
         self._end_attempt(
             failure_count=data.failure_count + 1,
             last_error=message,

@@ -15,7 +15,7 @@ from ota_daemon.config import OVERLAY_FLAGS, Config, apply_overlay
 from ota_daemon.download import local_path
 from ota_daemon.engine.decisions import PassResult, Result, choose_mode, in_windows
 from ota_daemon.engine.endings import Endings
-from ota_daemon.engine.util import _bundle_hash, _target_summary
+from ota_daemon.engine.util import _bundle_hash, _config_view, _target_summary
 from ota_daemon.errors import HubError, NoSpace, OtaError, TransientError, UpdateFailed
 from ota_daemon.hooks import HookDecision, HookPoint
 from ota_daemon.model import (
@@ -39,8 +39,14 @@ class InstallHalf(Endings):
     """Pinning the version, acquiring the image, installing it and asking for the reboot."""
 
     # ------------------------------------------------------------------ pinning
-    async def pin(self, document: VersionDocument, *, path: str, system_name: str | None, config: Config) -> PinnedVersion:
-        """Choose the image asset and the version to compare, from the one resolved document."""
+    async def pin(
+        self, document: VersionDocument, *, path: str, system_name: str | None, config: Config, current: str | None = None
+    ) -> PinnedVersion:
+        """Choose the image asset and the version to compare, from the one resolved document.
+
+        When ``metadata.imageVersion`` is the running version (``current``) the build-info
+        asset is not fetched: nothing will be installed, and fetching it costs a hub call.
+        """
         system = system_name or "system"
         ext = self.installer.image_ext
         image_name = config.hub.image_asset.format(system=system, ext=ext)
@@ -64,7 +70,8 @@ class InstallHalf(Endings):
         built_for: str | None = None
         info_name = config.hub.build_info_asset.format(system=system, ext=ext)
         info_asset = document.asset(info_name)
-        if info_asset is not None:
+        running = current is not None and document.metadata.get("imageVersion") == current
+        if info_asset is not None and not running:
             try:
                 build = await self._build_info(document, info_asset)
             except (UpdateFailed, HubError) as exc:  # missing, wrong digest, oversize: the hub's problem, reported
@@ -141,10 +148,7 @@ class InstallHalf(Endings):
         for problem in problems:
             await self._warn_once(f"overlay:{problem}", problem)
         self.effective = config
-        publish = {"path": config.hub.path}
-        if self.config.installer.kind == "rugix":
-            publish["rugix"] = {"useBundleHash": self.config.installer.rugix.use_bundle_hash}  # type: ignore[assignment]
-        await self.telemetry.update_status(config=publish)
+        await self.telemetry.update_status(config=_config_view(config, self.config))
         return config
 
     def _url_provider(self, document: VersionDocument, asset: Asset) -> Callable[[], Awaitable[str]]:
@@ -217,9 +221,13 @@ class InstallHalf(Endings):
         # a pass that finds the same update still blocked (no space, a window, a lease) says
         # nothing new until something changes
         quiet = self.telemetry.status.get("state") == State.BLOCKED.value and self.telemetry.status.get("targetVersion") == target.version
+        # `installing update` as the script sent it: before the download, with both groups
+        installing = {"currentVersion": current, "targetVersion": target.version, "attemptId": attempt.id, "mode": mode.value, "fromSlot": info.booted, "targetSlot": info.other(info.booted)}
         if not quiet:
-            await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
             await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.DOWNLOADING.value, progress=0, reason=None)
+            await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
+            await self.telemetry.emit(Event.INSTALLING, **installing)
+            await self.telemetry.flush()  # the hub shows `installing` for the whole download
         try:
             source: InstallSource
             if mode is SourceKind.FILE:
@@ -237,7 +245,8 @@ class InstallHalf(Endings):
             count = self.journal.transition(Phase.INSTALLING, attempt=attempt)
             self._loop_guard(Phase.INSTALLING, count)
             await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.INSTALLING.value, progress=0, reason=None)
-            await self.telemetry.emit(Event.INSTALLING, targetVersion=target.version, mode=mode.value, fromSlot=info.booted)
+            if quiet:
+                await self.telemetry.emit(Event.INSTALLING, **installing)
             self.telemetry.reset_progress()
             try:
                 outcome = await self.installer.install(source, progress=self.telemetry.progress, version=target.version, bundle_hash=attempt.bundle_hash)
@@ -289,7 +298,7 @@ class InstallHalf(Endings):
         if reason is None:
             return None
         await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value, progress=100, reason=reason)
-        await self.telemetry.emit(Event.REBOOT_PENDING, f"update installed, reboot deferred: {reason}", key=f"{attempt.id}:reboot_pending:{reason}", targetVersion=attempt.target_version, reason=reason)
+        await self.telemetry.emit(Event.REBOOT_PENDING, key=f"{attempt.id}:reboot_pending:{reason}", targetVersion=attempt.target_version, reason=reason)
         return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"installed {attempt.target_version} into slot {attempt.target_slot}; {reason}")
 
     async def _reboot(self, attempt: Attempt, current: str, config: Config, *, gated: bool = False) -> PassResult:
@@ -299,7 +308,9 @@ class InstallHalf(Endings):
                 return waiting
         attempt.reboot_requested = True
         self.journal.save()
-        await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value, progress=100)
+        # the state stays `installing` through an immediate reboot: one status write less,
+        # and the next pass reports the outcome (`rebooting` is for a reboot that waits)
+        await self.telemetry.update_status(phase=Phase.REBOOTING.value, progress=100)
         await self.telemetry.emit(Event.REBOOTING, targetVersion=attempt.target_version, targetSlot=attempt.target_slot)
         await self.telemetry.flush()
         await self.installer.reboot(spare=True)

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ota_daemon.config import Config
 from ota_daemon.model import Asset, PinnedVersion
 from ota_daemon.state import JournalData
 
@@ -27,6 +28,15 @@ def _target_summary(target: PinnedVersion) -> dict[str, Any]:
         "versionSource": target.version_source,
         "image": {"filename": target.image.filename, "size": target.image.size, "digest": target.image.digest, "assetId": target.image.asset_id},
     }
+
+
+def _config_view(config: Config, local: Config) -> dict[str, Any]:
+    """The status document's ``config``: the effective path (and, with Rugix, the local-only
+    ``useBundleHash``), as the script published its merged config."""
+    view: dict[str, Any] = {"path": config.hub.path}
+    if local.installer.kind == "rugix":
+        view["rugix"] = {"useBundleHash": local.installer.rugix.use_bundle_hash}
+    return view
 
 
 def _quarantine_list(data: JournalData) -> list[dict[str, Any]]:

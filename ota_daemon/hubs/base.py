@@ -32,6 +32,12 @@ class Hub(Protocol):
         """The hub's config property value, or ``None`` when there is none."""
         ...
 
+    async def read_status(self) -> Any | None:
+        """The status document the hub holds now (``None``: none). Read once per state
+        directory, on the first start, so that a status written before (by the replaced
+        script) is carried over, not overwritten."""
+        ...
+
     async def publish_status(self, status: dict[str, Any]) -> None:
         """Write the status document (the caller writes only when it changed)."""
         ...

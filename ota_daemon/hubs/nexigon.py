@@ -80,6 +80,12 @@ _CLI_ERROR_RE = re.compile(rf"^({'|'.join(ACTION_ERROR_KINDS)}): (.*)$", re.DOTA
 _SETTLED_STORAGE = frozenset({"Present", "Verified"})
 _CACHE_KEEP = 8
 
+#: ``nexigon-rugix-ota`` reported these situations with another body than ours
+#: (keyed by our ``event`` attribute); dashboards count the script's bodies
+SCRIPT_BODIES = {"rollback": "update failed"}
+#: the script's attribute names, added beside ours (ours → the script's)
+SCRIPT_ATTRIBUTES = {"fromSlot": "activeGroup", "targetSlot": "targetGroup"}
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -382,7 +388,7 @@ class NexigonHub:
         config_property: str = "dev.nexigon.ota.config",
         status_property: str = "dev.nexigon.ota.status",
         cache_dir: Path | None = None,
-        details_ttl: float = 86400.0,
+        details_ttl: float = 7 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
@@ -727,8 +733,13 @@ class NexigonHub:
         out: dict[str, Any] = {"eventId": event_id, "severity": severity}
         if event.get("category") is not None:
             out["category"] = str(event["category"])
-        out["body"] = event.get("body")
-        out["attributes"] = dict(event.get("attributes") or {})
+        attributes = dict(event.get("attributes") or {})
+        body = event.get("body")
+        out["body"] = SCRIPT_BODIES.get(str(attributes.get("event")), body)
+        for ours, theirs in SCRIPT_ATTRIBUTES.items():
+            if ours in attributes and theirs not in attributes:
+                attributes[theirs] = attributes[ours]
+        out["attributes"] = attributes
         out["emittedAt"] = emitted if isinstance(emitted, str) and emitted else _iso(self.clock.now())
         return out
 

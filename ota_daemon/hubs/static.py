@@ -244,6 +244,9 @@ class StaticHub:
     async def read_config(self) -> Any | None:
         return None
 
+    async def read_status(self) -> Any | None:
+        return None
+
     async def publish_status(self, status: dict[str, Any]) -> None:
         return None
 

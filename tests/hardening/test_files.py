@@ -84,7 +84,7 @@ async def test_journal_and_telemetry_create_private_state(tmp_path: Path, open_u
             return None
 
     telemetry = Telemetry(tmp_path / "t", clock=FakeClock(), hub=Hub(), deliver=True)  # type: ignore[arg-type]
-    await telemetry.emit(Event.CHECKING)
+    await telemetry.emit(Event.WARNING)
     await telemetry.update_status(state="idle")
     assert mode(telemetry.dir) == 0o700
     assert mode(telemetry.events_path) == 0o600 and mode(telemetry.spool_path) == 0o600
@@ -183,7 +183,7 @@ async def test_telemetry_does_not_append_through_a_planted_link(
             return None
 
     telemetry = Telemetry(state, clock=FakeClock(), hub=Away(), deliver=True)  # type: ignore[arg-type]
-    record = await telemetry.emit(Event.CHECKING)
+    record = await telemetry.emit(Event.WARNING)
     assert victim.read_bytes() == SECRET
     path = state / name
     assert not path.is_symlink() and mode(path) == 0o600

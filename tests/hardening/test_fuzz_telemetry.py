@@ -155,9 +155,9 @@ def test_telemetry_reads_back_garbage_and_delivers_only_events(
             if loop.run(telemetry.flush()):
                 break
         assert hub.events[: len(wanted)] == wanted
-        record = loop.run(telemetry.emit(Event.CHECKING, key="fuzz"))
+        record = loop.run(telemetry.emit(Event.WARNING, key="fuzz"))
         assert record is not None and telemetry.recent_events(1)[-1] == record
-        assert loop.run(telemetry.emit(Event.CHECKING, key="fuzz")) is None  # deduplicated
+        assert loop.run(telemetry.emit(Event.WARNING, key="fuzz")) is None  # deduplicated
         while not loop.run(telemetry.flush()):
             pass
         assert hub.events[-1]["eventId"] == record["eventId"]
@@ -174,7 +174,7 @@ def test_event_after_a_line_cut_short_is_kept(loop: Loop, tmp_path: Path) -> Non
     hub = RecordingHub()
     hub.fail = {1}
     telemetry = Telemetry(tmp_path, clock=FakeClock(), hub=hub, deliver=True)
-    record = loop.run(telemetry.emit(Event.CHECKING))
+    record = loop.run(telemetry.emit(Event.WARNING))
     assert telemetry.recent_events() == [record]
     assert loop.run(telemetry.flush())
     assert [e["eventId"] for e in hub.events] == [
@@ -194,7 +194,7 @@ def test_spool_overflow_counts_drops_even_with_a_garbage_counter(
     hub.fail = set(range(1, 100))
     telemetry = Telemetry(tmp_path, clock=FakeClock(), hub=hub, deliver=True, max_spool=3)
     for _ in range(5):
-        loop.run(telemetry.emit(Event.CHECKING))
+        loop.run(telemetry.emit(Event.WARNING))
     assert telemetry.status["eventsDropped"] == 2
     assert len((tmp_path / "spool.jsonl").read_bytes().splitlines()) == 3
 

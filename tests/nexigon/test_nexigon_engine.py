@@ -59,7 +59,7 @@ async def test_full_cycle_script_shape(nexigon_hub_double: NexigonDouble, nexigo
     assert status["targetVersion"] is None and status["failureCount"] == 0 and status["lastError"] is None
     assert status["config"]["path"] == double.path()
     bodies = [e["body"] for e in double.events]
-    assert "update available, installing" in bodies and "update completed" in bodies
+    assert "installing update" in bodies and "update completed" in bodies
     assert bodies.index("update installed, rebooting") < bodies.index("update completed")
     assert all(e.get("category") == "ota" for e in double.events)
     if nexigon_transport == "socket":
@@ -153,7 +153,7 @@ async def test_malformed_config_property(nexigon_hub_double: NexigonDouble, nexi
     double.set_config(["not", "an", "object"])
     assert (await run(double, sim, nexigon_transport, clock)).result is Result.UP_TO_DATE
     warnings = [e for e in double.events if e["severity"] == "Warning"]
-    assert any("expected a JSON object" in str(e["body"]) for e in warnings)
+    assert any("expected a JSON object" in str(e["attributes"].get("message")) for e in warnings)
     # a good property moves the device to another tag
     beta = double.publish_release("1.2.0", image=make_image(sim.system, "1.2.0", bytes(1000)), ext="img", system=sim.system, tags=("beta",))
     double.set_config({"path": double.path("beta")})

@@ -279,6 +279,15 @@ class NexigonDouble:
         """Make matching hub actions fail with an ActionError of ``kind`` (both transports)."""
         self.hub.inject_error(kind, message, action=action, count=count, via=via, after=after)
 
+    def hang(self, action: str) -> None:
+        """``action`` never answers, over the socket and over the CLI (a hub timeout)."""
+        self.agent.hang(action)
+        self.hub.control(hang=[*self.hub.read()["control"].get("hang", []), action])
+
+    def unhang(self) -> None:
+        self.agent.unhang()
+        self.hub.control(hang=[])
+
     def expire_urls(self) -> None:
         self.hub.expire_urls()
 

@@ -75,6 +75,7 @@ def _blank_state(device_id: str | None) -> dict[str, Any]:
             "httpFail": 0,
             "httpTruncate": None,
             "detailsOverride": {},
+            "hang": [],
         },
         "seq": 0,
     }
