@@ -118,7 +118,7 @@ async def test_git_describe_hashes_update_end_to_end(tmp_path: Path) -> None:
         result = await engine.reconcile()
     assert result.result is Result.REBOOTING, result.message
     events = [json.loads(line) for line in (world.state_dir / "events.jsonl").read_text().splitlines()]
-    warnings = [e["body"] for e in events if e["attributes"]["event"] == "warning"]
+    warnings = [str(e["attributes"].get("message")) for e in events if e["attributes"]["event"] == "warning"]
     assert any("cannot order 9f3c2e1 -> a1b2c3d" in w for w in warnings), warnings
     async with open_engine(build_config(world.tables(), source="t", env={}), clock=clock) as engine:
         assert (await engine.reconcile()).result is Result.COMPLETED

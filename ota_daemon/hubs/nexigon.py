@@ -80,6 +80,10 @@ _CLI_ERROR_RE = re.compile(rf"^({'|'.join(ACTION_ERROR_KINDS)}): (.*)$", re.DOTA
 _SETTLED_STORAGE = frozenset({"Present", "Verified"})
 _CACHE_KEEP = 8
 
+#: a hub that answered a call this recently (seconds) answers :meth:`NexigonHub.ping` without
+#: another round trip: the health gate's "hub" check after a pass that just read the config
+ANSWERED_RECENTLY = 60.0
+
 #: ``nexigon-rugix-ota`` reported these situations with another body than ours
 #: (keyed by our ``event`` attribute); dashboards count the script's bodies
 SCRIPT_BODIES = {"rollback": "update failed"}
@@ -403,6 +407,8 @@ class NexigonHub:
         self._device_from_disk = False
         self._status_version: int | None = None
         self._state = _State.OPEN
+        #: monotonic time of the last call the hub answered
+        self._answered_at: float | None = None
 
     @classmethod
     def from_config(
@@ -444,12 +450,17 @@ class NexigonHub:
             raise RuntimeError(f"NexigonHub is closed; cannot {what}")
         if self.socket_path.exists():
             try:
-                return await via_socket()
+                result = await via_socket()
             except _SocketUnavailable as exc:
                 log.info("nexigon agent socket unavailable; using the CLI", operation=what, reason=str(exc))
             except _ActionError as exc:
                 raise _map_action_error(what, exc.kind, exc.message) from None
-        return await via_cli()
+            else:
+                self._answered_at = self.clock.monotonic()
+                return result
+        result = await via_cli()
+        self._answered_at = self.clock.monotonic()
+        return result
 
     def _cache_path(self, *parts: str) -> Path | None:
         if self.cache_dir is None:
@@ -785,7 +796,12 @@ class NexigonHub:
 
     # ------------------------------------------------------------------ liveness
     async def ping(self) -> None:
-        """Raise unless the hub answers (GetActor over the socket, ``device id`` over the CLI)."""
+        """Raise unless the hub answers (GetActor over the socket, ``device id`` over the CLI).
+
+        A call answered within :data:`ANSWERED_RECENTLY` seconds is the answer: no round trip.
+        """
+        if self._answered_at is not None and 0 <= self.clock.monotonic() - self._answered_at <= ANSWERED_RECENTLY:
+            return
 
         async def via_socket() -> None:
             await self._get_actor()

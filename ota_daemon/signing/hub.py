@@ -240,6 +240,9 @@ class SignedStaticHub:
     async def read_config(self) -> Any | None:
         return await self.inner.read_config()
 
+    async def read_status(self) -> Any | None:
+        return None
+
     async def publish_status(self, status: dict[str, Any]) -> None:
         await self.inner.publish_status(status)
 

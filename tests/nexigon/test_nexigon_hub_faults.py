@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from ota_daemon.clock import FakeClock
 from ota_daemon.errors import HubError, HubUnavailable, TransientError
-from ota_daemon.hubs.nexigon import EventsPartlyDelivered, NexigonHub
+from ota_daemon.hubs.nexigon import ANSWERED_RECENTLY, EventsPartlyDelivered, NexigonHub
 
 from .conftest import make_nexigon_hub
 from .double.fixture import NexigonDouble
@@ -114,13 +115,17 @@ async def test_refused_handshake_falls_back(nexigon_hub_double: NexigonDouble, t
 async def test_agent_down_and_hub_unreachable_is_transient(
     nexigon_hub_double: NexigonDouble, tmp_path: Path, transport: str
 ) -> None:
-    """Agent gone and hub unreachable: every operation raises HubUnavailable (a TransientError)."""
+    """Agent gone and hub unreachable: every operation raises HubUnavailable (a TransientError);
+    ping too, once the last answer is older than ANSWERED_RECENTLY."""
     nexigon_hub_double.publish_release("build-1")
-    hub = make_nexigon_hub(nexigon_hub_double, transport, tmp_path / "state")
+    clock = FakeClock()
+    hub = make_nexigon_hub(nexigon_hub_double, transport, tmp_path / "state", clock=clock)
     doc = await hub.resolve("fleet/system/stable")
     image = doc.asset(IMAGE)
     assert image is not None
     nexigon_hub_double.hub_offline()
+    await hub.ping()  # the resolve just now is the answer
+    clock.advance(ANSWERED_RECENTLY + 1)
     hub.invalidate()
     calls = [
         hub.ping(),
@@ -138,9 +143,11 @@ async def test_agent_down_and_hub_unreachable_is_transient(
 
 async def test_dropped_connection_reconnects(nexigon_hub_double: NexigonDouble, tmp_path: Path) -> None:
     """An agent restart under an open connection is survived by reconnecting (no CLI)."""
-    hub = make_nexigon_hub(nexigon_hub_double, "socket", tmp_path / "state")
+    clock = FakeClock()
+    hub = make_nexigon_hub(nexigon_hub_double, "socket", tmp_path / "state", clock=clock)
     await hub.ping()
     nexigon_hub_double.restart_agent()
+    clock.advance(ANSWERED_RECENTLY + 1)  # else the last answer is the answer
     await hub.ping()
     nexigon_hub_double.drop_connections()
     nexigon_hub_double.set_config({"after": "drop"})
