@@ -139,6 +139,13 @@ class Engine(PostReboot):
         finished = await self._resume(data, info, current, dry_run=False)
         if finished is not None and finished.result not in (Result.UP_TO_DATE, Result.COMPLETED):
             return finished
+        signed = getattr(self.hub, "local_release", None)
+        if callable(signed):  # a hub that installs only verified releases verifies this one too
+            document = await signed(source, path=self.config.hub.path or "")
+            target = await self.pin(document, path="local", system_name=name, config=self.config)
+            if target.system_name and name and target.system_name != name:
+                raise UpdateFailed(f"{source}: the release is built for system {target.system_name!r}, this is {name!r}")
+            return await self._install(target, document, info, current, self.config, source_kind="local")
         path = local_path(source)
         if path is not None:
             if not path.is_file():

@@ -196,7 +196,7 @@ class SignedStaticHub:
         self._seen_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(self._seen_file, json.dumps({v: list(r) for v, r in seen.items()}).encode())
 
-    def _document(self, repository: str, verified: VerifiedRelease) -> VersionDocument:
+    def _document(self, repository: str, verified: VerifiedRelease, *, local: bool = False) -> VersionDocument:
         signed = verified.tag
         verdict = evaluate(
             signed.rollout, device_id=self.device_id, release_key=signed.release_key, now=self.clock.now(), halted=verified.is_halted
@@ -206,7 +206,7 @@ class SignedStaticHub:
             metadata: dict[str, Any] = {"signed": {"release": entry.release, "system": entry.system}}
             if "bundleHash" in entry.pin:
                 metadata["rugix"] = {"bundleHash": entry.pin["bundleHash"]}
-            assets.append(self._asset(name, entry, metadata))
+            assets.append(SignedStaticHub._asset(self, name, entry, metadata) if local else self._asset(name, entry, metadata))
         document = VersionDocument.model_validate(
             {
                 "versionId": f"signed-{signed.package[:64]}-r{signed.release}",
@@ -227,6 +227,37 @@ class SignedStaticHub:
         document.__pydantic_extra__ = {**(document.__pydantic_extra__ or {}), **extra}
         return document
 
+    async def local_release(self, source: str, *, path: str) -> VersionDocument:
+        """``ota-daemon install FOLDER``: a folder carrying the signed repository (``metadata/``
+        and ``assets/``, as published — a USB stick), verified against this device's trusted
+        state exactly as a download would be. A bare image is refused."""
+        from ota_daemon.download import local_path
+
+        folder = local_path(source) or Path(source)
+        if not (folder / "metadata" / "timestamp.json").is_file():
+            raise SignatureRefused(
+                f"{source}: this device installs only signed releases (hub.verify = 'tuf'); "
+                "install from a folder that carries the signed repository (metadata/ and assets/)"
+            )
+        if path.count("/") != 2:
+            raise SignatureRefused("hub.path: required ('repository/package/tag') to find the release in the signed metadata")
+        repository, package, tag = path.split("/")
+        verifier = DeviceVerifier(
+            base_url=folder.resolve().as_uri() + "/",
+            metadata_dir=self.state_dir / "signed" / repository,
+            trusted_root=self.trusted_root,
+            http=None,
+            clock=self.clock,
+        )
+        verified = await verifier.verify(package, tag)
+        floor = self.floor(repository).value
+        if verified.tag.release < floor and not verified.tag.rollback:
+            raise SignatureRefused(f"refused {verified.tag.version} (release {verified.tag.release}): this device committed release {floor}")
+        self._remember(verified.tag.version, repository, verified.tag.release)
+        document = self._document(repository, verified, local=True)
+        document.__pydantic_extra__ = {**(document.__pydantic_extra__ or {}), "_folder": folder.resolve().as_uri() + "/"}
+        return document
+
     async def committed(self, version: str) -> None:
         """The engine committed (or runs, up to date) ``version``: raise the rollback floor."""
         seen = self._load_seen().get(version)
@@ -235,6 +266,9 @@ class SignedStaticHub:
             self.floor(repository).raise_to(release, version)
 
     async def issue_url(self, document: VersionDocument, asset: Asset) -> str:
+        folder = (document.__pydantic_extra__ or {}).get("_folder")
+        if isinstance(folder, str) and asset.url:  # a verified local folder: its signed asset path
+            return urljoin(folder, asset.url)
         return await self.inner.issue_url(document, asset)
 
     async def read_config(self) -> Any | None:

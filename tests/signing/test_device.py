@@ -3,6 +3,9 @@ rollback floor from signed release counters, and no fallback to unsigned documen
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from ota_daemon.config import build_config
@@ -11,7 +14,7 @@ from ota_daemon.errors import ConfigError
 from ota_daemon.hubs import get_hub
 from ota_daemon.signing.hub import SignedStaticHub
 from tests.signing.conftest import Signed
-from tests.signing.helpers import asset_requests, events, run_pass, status
+from tests.signing.helpers import asset_requests, events, fingerprint, run_pass, status
 
 
 async def test_signed_release_installs_and_commits(signed: Signed) -> None:
@@ -109,3 +112,31 @@ async def test_unsynchronised_clock_cannot_judge_freshness(signed: Signed) -> No
     assert asset_requests(signed) == []
     signed.clock.synced = True
     assert "expired" in (await run_pass(signed)).message
+
+
+async def test_install_from_a_usb_folder_with_signed_metadata(signed: Signed, tmp_path: Path) -> None:
+    """``ota-daemon install`` on a device with hub.verify = "tuf": a bare image is refused; a
+    folder carrying the signed repository is verified (the device's trusted state, rollback
+    floor) and installed; a folder whose image was altered installs nothing."""
+    from ota_daemon.app import open_engine
+    from ota_daemon.errors import HubError
+
+    signed.publish("1.1.0")
+    bare = signed.world.image("1.1.0")
+    async with open_engine(signed.config(), clock=signed.clock) as engine:
+        with pytest.raises(HubError, match="installs only signed releases"):
+            await engine.install_local(str(bare))
+    usb = tmp_path / "usb" / "fleet"
+    shutil.copytree(signed.world.repo_dir / "fleet", usb)
+    image = usb / "assets" / f"sha256_{signed.repo.load().targets.signed.targets['system/1.1.0/sim-device.img'].hashes['sha256']}"
+    good = image.read_bytes()
+    image.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    device = fingerprint(signed.world.device_dir)
+    async with open_engine(signed.config(), clock=signed.clock) as engine:
+        result = await engine.install_local(str(usb))
+    assert result.result is Result.FAILED and fingerprint(signed.world.device_dir) == device
+    image.write_bytes(good)
+    async with open_engine(signed.config(), clock=signed.clock) as engine:
+        result = await engine.install_local(str(usb))
+    assert result.result is Result.REBOOTING, result.message
+    assert asset_requests(signed) == []  # nothing came from the network
