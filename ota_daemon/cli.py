@@ -338,7 +338,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "install" and "://" in args.source and not args.sha256:
+        parser.error(f"install {args.source[:80]}: installing from a URL needs --sha256 HEX (the image's SHA-256)")
     try:
         return _run(args, out)
     except OtaError as exc:

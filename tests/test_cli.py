@@ -239,6 +239,7 @@ def test_install_takes_a_relative_path_as_a_file(world: SimWorld) -> None:
         (["install", "./missing.img", "--sha256", "0" * 64], "no such file"),
         (["install", "ftp://example.com/x.img"], "expected a file, or an http://"),
         (["install", "{image}", "--sha256", "xyz"], "expected 64 hexadecimal digits"),
+        (["install", "http://127.0.0.1:9/x.img"], "installing from a URL needs --sha256"),
         (["status", "--events", "-1"], "at least 0"),
         (["status", "--events", "many"], "expected a whole number"),
         (["sim", "image", "nodir/x.img", "--name", "a", "--image-version", "1"], "nodir/x.img: No such file or directory"),
@@ -632,3 +633,37 @@ def test_every_command_and_option_has_help_text() -> None:
         assert "  -h, --help" in result.stdout
     assert "camelCase" in cli("status", "--help").stdout
     assert "the quarantined version" in cli("retry", "--help").stdout
+
+
+def test_run_at_warning_level_shows_every_failing_pass(world: SimWorld) -> None:
+    """`--log-level warning run` while every pass fails: each failure is in the log (error)."""
+    import queue
+    import signal
+    import threading
+
+    published = world.publish("1.1.0")
+    asset = world.repo_dir / "fleet" / published.document["assets"][0]["url"]
+    data = bytearray(asset.read_bytes())
+    data[-1] ^= 0xFF
+    asset.write_bytes(bytes(data))
+    config = world.toml(log={"format": "json"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_") and k != "NOTIFY_SOCKET"}
+    proc = subprocess.Popen([sys.executable, "-m", "ota_daemon", "--config", str(config), "--log-level", "warning", "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    records: list[dict[str, Any]] = []
+    try:
+        while not any(r["event"] == "pass done" for r in records):
+            records += log_records(lines.get(timeout=60))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    failed = [r for r in records if r["event"] == "update failed"]
+    done = [r for r in records if r["event"] == "pass done"]
+    assert failed and failed[0]["level"] == "error"
+    assert done[0]["level"] == "error" and done[0]["result"] == "failed"
+    assert all(r["level"] in ("warning", "error") for r in records)
