@@ -57,7 +57,8 @@ def _count(text: str) -> int:
 
 
 def _source(text: str) -> str:
-    """``install SOURCE``: a path that exists is a file; ``http(s)://`` and ``file://`` are URLs."""
+    """``install SOURCE``: a path that exists is a file (or a folder with a signed repository);
+    ``http(s)://`` and ``file://`` are URLs."""
     if "://" in text:
         scheme = urlsplit(text).scheme.lower()
         if scheme not in ("http", "https", "file"):
@@ -69,9 +70,9 @@ def _source(text: str) -> str:
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise argparse.ArgumentTypeError(f"{text}: not a regular file")
-    return str(path.resolve())
+    return str(path.resolve())  # a folder: a signed repository on a USB stick (hub.verify = "tuf")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print everything as one JSON document (camelCase keys, ISO 8601 times)")
     status.add_argument("--events", type=_count, default=10, metavar="N", help="show the last N events (default 10)")
     install = sub.add_parser("install", help="install a local file or URL (the USB-stick update)", description="Install a local image file or an http(s):// URL (the USB-stick update), with the same verification, journal and reboot handling as an update from the hub.")
-    install.add_argument("source", type=_source, metavar="SOURCE", help="image file (a path that exists), or an http://, https:// or file:// URL")
+    install.add_argument("source", type=_source, metavar="SOURCE", help="image file (a path that exists), a folder carrying the signed repository (hub.verify = 'tuf'), or an http://, https:// or file:// URL")
     install.add_argument("--sha256", type=_sha256, metavar="HEX", help="expected SHA-256 of the image (required for http(s) URLs)")
     install.add_argument("--image-version", dest="image_version", metavar="V", help="the version the image carries (default: read from the image where the installer can)")
     install.add_argument("--json", action="store_true", help="print the result as JSON")
