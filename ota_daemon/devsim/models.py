@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import importlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -144,10 +145,11 @@ class Model:
         """The bootloader's choice for one power-on (may change boot state)."""
         raise NotImplementedError
 
-    def power_on(self, *, dies: Callable[[str], bool] | None = None) -> str:
+    def power_on(self, *, dies: Callable[[str], bool] | None = None, what_if: bool = False) -> str:
         """Power on: boot attempts until a system reaches user space. Returns the booted slot.
 
-        ``dies`` overrides which slots fail to boot (the invariant checks use it)."""
+        ``dies`` overrides which slots fail to boot; ``what_if``: a thought experiment of the
+        invariant checks (on a copy of the state), which writes no files."""
         dies = dies or (lambda slot: self.behaviour(slot) is Behaviour.DIES)
         for _ in range(8):
             slot = self.choose()
@@ -155,8 +157,9 @@ class Model:
             self.state["booted"] = slot
             self.state["reboot_requested"] = False
             if not dies(slot):
-                self.on_booted()
-                self.write_files()
+                if not what_if:
+                    self.on_booted()
+                    self.write_files()
                 return slot
         raise BrickedError(f"{self.kind}: no slot boots: {json.dumps(self.state)[:400]}")
 
@@ -200,6 +203,29 @@ class Model:
 
     async def aclose(self) -> None:
         return None
+
+    # what the Installer protocol asks beyond the slots, as the real backend of ``kind`` answers
+    @property
+    def traits(self) -> Any:
+        """The real backend's declared semantics (``ota_daemon.traits``), where declared."""
+        try:
+            module = importlib.import_module("ota_daemon.traits")
+        except ImportError:
+            return None
+        return module.TRAITS.get(self.kind)
+
+    async def image_facts(self, path: Path) -> Any:
+        """Version and system of an image file, read from its header as the tool would."""
+        header = read_header(Path(path).read_bytes()[:4096]) or {}
+        facts = getattr(importlib.import_module("ota_daemon.installers.base"), "ImageFacts", None)
+        version, system = header.get("version"), header.get("name")
+        return facts(version=version, system=system) if facts is not None else (version, system)
+
+    def bundle_hash(self, metadata: Any) -> str | None:
+        return None
+
+    def hub_config(self) -> dict[str, Any]:
+        return {}
 
     async def slot_info(self) -> SlotInfo:
         return self.info()
@@ -267,7 +293,7 @@ class RaucModel(Model):
                 return str(slot)
         raise BrickedError("rauc: no slot is good")
 
-    def power_on(self, *, dies: Callable[[str], bool] | None = None) -> str:
+    def power_on(self, *, dies: Callable[[str], bool] | None = None, what_if: bool = False) -> str:
         dies = dies or (lambda slot: self.behaviour(slot) is Behaviour.DIES)
         boot = self.state["boot"]
         for _ in range(4):
@@ -278,7 +304,7 @@ class RaucModel(Model):
             boot[slot] = "bad"
             if boot[self.other(slot)] == "good":
                 boot["primary"] = self.other(slot)
-        return super().power_on(dies=dies)
+        return super().power_on(dies=dies, what_if=what_if)
 
     def _status(self) -> Any:
         entries = []
@@ -478,13 +504,13 @@ class RugixModel(Model):
         tried, boot["tryNext"] = boot.get("tryNext"), None
         return str(tried or boot["default"])
 
-    def power_on(self, *, dies: Callable[[str], bool] | None = None) -> str:
+    def power_on(self, *, dies: Callable[[str], bool] | None = None, what_if: bool = False) -> str:
         dies = dies or (lambda slot: self.behaviour(slot) is Behaviour.DIES)
         boot = self.state["boot"]
         if boot.get("tryNext") and dies(boot["tryNext"]):
             boot["tryNext"] = None  # the try fails; the watchdog resets to the default
             self.state["boots"] += 1
-        return super().power_on(dies=dies)
+        return super().power_on(dies=dies, what_if=what_if)
 
     def system_info(self) -> dict[str, Any]:
         boot = self.state["boot"]
@@ -553,13 +579,13 @@ class TryOnceModel(Model):
             return str(tried)
         return str(boot["default"])
 
-    def power_on(self, *, dies: Callable[[str], bool] | None = None) -> str:
+    def power_on(self, *, dies: Callable[[str], bool] | None = None, what_if: bool = False) -> str:
         dies = dies or (lambda slot: self.behaviour(slot) is Behaviour.DIES)
         boot = self.state["boot"]
         if boot.get("try_next") and not boot["bad"][boot["try_next"]] and dies(boot["try_next"]):
             boot["try_next"] = None
             self.state["boots"] += 1
-        return super().power_on(dies=dies)
+        return super().power_on(dies=dies, what_if=what_if)
 
     def info(self) -> SlotInfo:
         boot = self.state["boot"]

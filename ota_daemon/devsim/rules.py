@@ -7,6 +7,7 @@ scenario's transcript.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ota_daemon.devsim.models import MODEL_CUT_POINTS
@@ -30,9 +31,19 @@ INSTALLER_CALLS = ("install", "mark_bad", "reboot", "commit")
 def cut_points(kind: str) -> list[str]:
     """Every enumerated cut point of a device with installer ``kind``.
 
-    Journal transitions (after each is written), each installer call (before and after), the
-    tool's own steps (RAUC and SWUpdate arm the slot inside the install), hub writes, the
-    download's first bytes."""
+    With the side-effect seam (``ota_daemon.effects``): its registry, ``before:``/``after:``
+    every effect. Else the journal transitions (after each is written) and each installer
+    call. Plus the tools' own steps (RAUC and SWUpdate arm the slot inside the install) and
+    the simulator's hub writes."""
+    try:
+        seam = importlib.import_module("ota_daemon.effects")
+    except ImportError:
+        seam = None
+    if seam is not None and hasattr(seam, "cut_points"):
+        points = [str(p) for p in seam.cut_points()]
+        if kind == "rauc":  # RAUC takes no stream: nothing goes from idle straight to installing
+            points = [p for p in points if not p.endswith("journal:idle->installing")]
+        return points + [p for p in MODEL_CUT_POINTS if kind in ("rauc", "swupdate") or p != "model:install:armed"]
     points = sorted(f"journal:{a.value}->{b.value}" for a, b in TRANSITIONS)
     if kind == "rauc":  # RAUC takes no stream: nothing goes from idle straight to installing
         points.remove("journal:idle->installing")

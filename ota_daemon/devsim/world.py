@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -158,7 +159,7 @@ class _Armed(list[str]):
 class World:
     def __init__(
         self, root: Path, kind: str = "simulated", *, seed: int = 0, interval: str = "4h", jitter: str = "5m",
-        heartbeat: str | None = None, hub: dict[str, Any] | None = None, publish_base: bool = True,
+        heartbeat: str | None = None, hub: dict[str, Any] | None = None, publish_base: bool = True, http: bool = False,
     ) -> None:
         self.root = root
         self.kind = kind
@@ -195,7 +196,15 @@ class World:
         self.hub_tables = hub
         self._http: Any = None
         self._config: tuple[Any, Config] | None = None
+        #: serve the repository over loopback HTTP (downloads into the cache, with its space check)
+        self.server: Any = None
         self._stack = contextlib.AsyncExitStack()
+        self._sync_stack = contextlib.ExitStack()
+        if http:
+            from ota_daemon.testing import serve_directory
+
+            self.repo_dir.mkdir(parents=True, exist_ok=True)
+            self.server = self._sync_stack.enter_context(serve_directory(self.repo_dir))
         if publish_base:
             self.publish("1.0.0", "good")
         from ota_daemon.daemon import Daemon
@@ -214,7 +223,7 @@ class World:
     def _build_config(self) -> Config:
         tables: dict[str, Any] = {
             "system": {"build_info": str(self.device_dir / "build-info.json"), "os_release": str(self.root / "os-release")},
-            "hub": {"kind": "static", "url": self.repo_dir.as_uri() + "/", "path": TAG_PATH, "allow_insecure": True},
+            "hub": {"kind": "static", "url": self.server.url if self.server is not None else self.repo_dir.as_uri() + "/", "path": TAG_PATH, "allow_insecure": True},
             "installer": {"kind": self.kind},
             "state": {"dir": str(self.state_dir)},
             "poll": {"interval": self.interval, "jitter": self.jitter},
@@ -254,6 +263,7 @@ class World:
 
     async def aclose(self) -> None:
         await self._stack.aclose()
+        self._sync_stack.close()
 
     def _wrap_installer(self) -> None:
         """Cut points around every installer call, and the commit invariant: nothing is
@@ -384,7 +394,9 @@ class World:
 
     @contextlib.contextmanager
     def _fault_hooks(self) -> Iterator[None]:
-        """Route :mod:`ota_daemon.faults` points into :meth:`effect` (in-process, no SIGKILL)."""
+        """Route the daemon's cut points into :meth:`effect` (in-process, no SIGKILL): the
+        side-effect seam's hook (``ota_daemon.effects``) where there is one, and the points
+        of :mod:`ota_daemon.faults`."""
         saved = (faults._armed, faults._fire, os.environ.get(faults.ENV), os.fsync)
         faults._armed = lambda: _Armed(self)
         # what is on the simulated disk at a cut is decided by the snapshot: fsync buys nothing
@@ -396,8 +408,12 @@ class World:
 
         faults._fire = fire
         os.environ[faults.ENV] = "devsim"
+        seam = _effects()
         try:
-            yield
+            with contextlib.ExitStack() as stack:
+                if seam is not None:
+                    stack.enter_context(seam.hooked(self._seam_hook))
+                yield
         finally:
             faults._armed, faults._fire = saved[0], saved[1]
             os.fsync = saved[3]
@@ -405,6 +421,18 @@ class World:
                 os.environ.pop(faults.ENV, None)
             else:
                 os.environ[faults.ENV] = saved[2]
+
+    def _seam_hook(self, point: str) -> None:
+        """The side-effect seam's hook: record the point; cut the power when it is armed."""
+        seam = _effects()
+        if not self.powered:
+            raise seam.PowerCut(point) if seam is not None else PowerCut(point)
+        self.reached[point] += 1
+        if point == self.cut_at:
+            try:
+                self._cut(point)
+            except PowerCut:
+                raise (seam.PowerCut(point) if seam is not None else PowerCut(point)) from None
 
     def restart_process(self) -> None:
         """The daemon died at the cut point; the system runs on: the files and the tool's
@@ -456,7 +484,9 @@ class World:
             try:
                 delay = await self.daemon.one_pass()
                 outcome = self.daemon.last_result or f"error ({self.daemon.last_status})"
-            except PowerCut:
+            except BaseException as exc:
+                if not _is_power_cut(exc):
+                    raise
                 outcome = "cut"
         self.counters.results[str(getattr(outcome, "result", outcome)).split(" (")[0]] += 1
         if outcome == "cut":
@@ -534,7 +564,7 @@ class World:
                 return not (content and content.get("complete") and content.get("version") in self.committed_good and content.get("behaviour") == "good")
 
             try:
-                model.power_on(dies=untrusted)
+                model.power_on(dies=untrusted, what_if=True)
             except BrickedError:
                 self.violate(f"no committed good version would boot if the new one failed: {json.dumps(saved)[:300]}")
         finally:
@@ -598,7 +628,9 @@ class World:
                 if journal.phase is Phase.IDLE:
                     return None
             await self.run_pass()
-            self.run_guard()
+            if not self.daemon_alive:
+                # nobody commits in this boot: the guard's timer fires guard.timeout after boot
+                self.run_guard()
             self.clock.advance(3600.0)
         target = self.tagged
         status = self.status()
@@ -608,6 +640,20 @@ class World:
         message = f"did not converge to {target}: running {self.running_version()} (booted system: {self.model.behaviour().value}), status {json.dumps({k: self.status().get(k) for k in ('state', 'reason', 'lastError', 'targetVersion')})}"
         self.violate(message)
         return message
+
+
+def _effects() -> Any:
+    """The side-effect seam module (``ota_daemon.effects``), where the code has one."""
+    try:
+        module = importlib.import_module("ota_daemon.effects")
+    except ImportError:
+        return None
+    return module if hasattr(module, "hooked") else None
+
+
+def _is_power_cut(exc: BaseException) -> bool:
+    seam = _effects()
+    return isinstance(exc, PowerCut) or (seam is not None and isinstance(exc, seam.PowerCut))
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ota_daemon.devsim.models import MODELS
-from ota_daemon.devsim.rules import cut_points
+from ota_daemon.devsim.rules import Driver, cut_points
 from ota_daemon.devsim.world import World, scratch_dir
 from ota_daemon.state import Journal, Phase
 from tests.devsim.conftest import KINDS, result
@@ -188,3 +188,75 @@ async def test_cut_during_the_trials_gate(sim: World) -> None:
 
 def test_every_model_has_scenarios() -> None:
     assert sorted(MODELS) == KINDS == ["rauc", "rugix", "simulated", "swupdate"]
+
+
+# ---------------------------------------------------------------------------- the field (issue 13)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_image_that_404s_and_then_appears_is_installed(kind: str, request: pytest.FixtureRequest) -> None:
+    """An upload still propagating through a CDN: HTTP 404 for the image, then there. Nothing
+    about the version's content was proven bad: the device backs off and installs it later."""
+    request.applymarker(pytest.mark.xfail(reason="issue 13 item 5: a 404 quarantines the version (fix pending in main)", strict=False))
+    with scratch_dir() as root:
+        sim = World(root / "w", kind, http=True)
+        try:
+            sim.publish("1.1.0", "good")
+            sim.hide_asset("1.1.0")
+            await sim.run_pass()
+            sim.show_assets()
+            await update_to(sim, "1.1.0", passes=4)
+            assert sim.running_version() == "1.1.0"
+            assert sim.violations == []
+        finally:
+            await sim.aclose()
+
+
+async def test_hub_away_for_two_days_then_the_update(sim: World) -> None:
+    """The daemon loop backs off through 48 hours of outage and installs once the hub is back."""
+    driver = Driver(sim)
+    sim.publish("1.1.0", "good")
+    await driver.outage(48.0)
+    assert await sim.converge() is None
+    assert sim.running_version() == "1.1.0"
+    assert sim.violations == []
+
+
+async def test_refused_hub_writes_do_not_hold_the_update_back(sim: World) -> None:
+    sim.refuse_writes = True
+    sim.publish("1.1.0", "good")
+    await update_to(sim, "1.1.0")
+    assert sim.running_version() == "1.1.0"
+    assert endings(sim) == ["completed"]
+    assert sim.violations == []
+
+
+async def test_boot_at_1970_and_clock_jumps(sim: World) -> None:
+    driver = Driver(sim)
+    sim.publish("1.1.0", "good")
+    await driver.boot_at_1970()
+    await driver.clock_jump(-30 * 86400.0)
+    await sim.run_pass()
+    await driver.clock_jump(3 * 86400.0)
+    assert await sim.converge() is None
+    assert sim.running_version() == "1.1.0"
+    assert sim.violations == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_nearly_full_disk_blocks_then_installs(kind: str) -> None:
+    """Over HTTP (the image is downloaded into the cache): no room holds the update back
+    (blocked, not failed); with room again it installs."""
+    with scratch_dir() as root:
+        sim = World(root / "w", kind, http=True)
+        try:
+            sim.disk_full = True
+            sim.publish("1.1.0", "good")
+            assert result(await sim.run_pass()) == "blocked"
+            assert sim.status()["state"] == "blocked"
+            sim.disk_full = False
+            assert await sim.converge() is None
+            assert sim.running_version() == "1.1.0"
+            assert sim.violations == []
+        finally:
+            await sim.aclose()
