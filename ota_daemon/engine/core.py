@@ -96,8 +96,8 @@ class Engine(PostReboot):
         structlog.contextvars.bind_contextvars(target_version=target.version, current_version=current)
         if decision.note:
             await self._warn_once(f"order:{current}:{target.version}", decision.note)
-        if decision.action in (Action.NONE, Action.REFUSE):
-            self._clean_cache()  # nothing to install: nothing to keep
+        if not dry_run:  # the cache holds at most the pinned target's image (nothing when there is nothing to install)
+            self._clean_cache(keep=None if decision.action in (Action.NONE, Action.REFUSE) else self._cache_file(target.image))
         if decision.action is Action.NONE:
             await self._note_committed(current)
             await self._up_to_date(current, data)

@@ -15,8 +15,8 @@ RSS (``VmRSS``), the Python heap (``tracemalloc`` is off; ``sys.getallocatedbloc
 number of threads and glibc's ``mallinfo2`` (bytes held by malloc arenas, of which free) are
 printed at the start of each phase (after a warm-up) and every tenth of it, with the change and
 the ratio against the start. Goal: at most +2 MiB at the end of either phase. Not a test:
-nothing asserts; run it on an otherwise quiet machine. ``--no-arena-cap`` leaves glibc's
-arena limit at its default, to compare.
+nothing asserts; run it on an otherwise quiet machine. To compare with the daemon before the
+memory fixes, run the same script from a checkout of commit 5dad44f's parent.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ async def main(args: argparse.Namespace) -> None:
             raise SystemExit(f"cycle {version} did not complete: {[r.value for r in results]}")
 
         print(f"update cycles: {args.cycles} ({args.size / MiB:.1f} MiB image, file mode, loopback HTTP); idle passes: {args.idle}")
-        print(f"arena cap: {os.environ.get('MALLOC_ARENA_MAX', 'daemon default')}")
+        print(f"MALLOC_ARENA_MAX: {os.environ.get('MALLOC_ARENA_MAX', 'not set (the daemon caps arenas itself)')}")
         for _ in range(args.warmup):
             await cycle()
         sampler = Sampler("update")

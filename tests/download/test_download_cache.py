@@ -118,3 +118,20 @@ async def test_a_cache_sized_for_one_image_never_wedges(world: SimWorld, clock: 
         assert second.result is Result.REBOOTING, second.message
         assert (await run_pass(world, clock, server.url, download=download)).result is Result.COMPLETED
         assert list(one_image_cache.iterdir()) == []
+
+
+async def test_a_dry_run_leaves_the_cache_alone(world: SimWorld, clock: FakeClock) -> None:
+    """``check --dry-run`` decides but removes nothing, not even another version's image."""
+    cache = world.state_dir / "cache"
+    cache.mkdir(parents=True)
+    (cache / ("0" * 64 + ".img")).write_bytes(b"x")
+    world.publish("1.1.0")
+    with serve_directory(world.repo_dir) as server:
+        async with open_engine(make_config(world, hub={"url": server.url}, download={"mode": "file"}), clock=clock) as engine:
+            result = await engine.reconcile(dry_run=True)
+        assert result.result is Result.UPDATE_AVAILABLE
+        world.publish("1.0.0")  # nothing to install
+        async with open_engine(make_config(world, hub={"url": server.url}, download={"mode": "file"}), clock=clock) as engine:
+            result = await engine.reconcile(dry_run=True)
+        assert result.result is Result.UP_TO_DATE
+    assert cached(world) == ["0" * 64 + ".img"]
