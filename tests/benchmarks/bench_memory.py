@@ -11,7 +11,9 @@ process (so the server's memory is not counted):
    to the cache, installs and reboots the simulated device, pass 2 commits it;
 2. ``--idle`` idle passes (nothing to do: one conditional GET answered 304).
 
-RSS (``VmRSS``), the Python heap (``tracemalloc`` is off; ``sys.getallocatedblocks``), the
+RSS (``VmRSS``, and its anonymous part ``RssAnon``: the heaps, where a leak or fragmentation
+shows; the rest is pages of the interpreter and libraries touched so far), the Python heap
+(``sys.getallocatedblocks``), the
 number of threads and glibc's ``mallinfo2`` (bytes held by malloc arenas, of which free) are
 printed at the start of each phase (after a warm-up) and every tenth of it, with the change and
 the ratio against the start. Goal: at most +2 MiB at the end of either phase. Not a test:
@@ -65,11 +67,15 @@ def _mallinfo() -> tuple[float, float] | None:
     return info.arena / MiB, info.fordblks / MiB
 
 
-def rss_mib() -> float:
+def rss_mib() -> dict[str, float]:
+    """VmRSS and its parts: RssAnon (the heap: what a leak or fragmentation grows), RssFile
+    (pages of the interpreter and libraries touched so far) and RssShmem."""
+    fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
 
 
 class Sampler:
@@ -77,18 +83,22 @@ class Sampler:
         self.phase = phase
         self.start: float | None = None
         self.last = 0.0
+        self.anon_start = 0.0
+        self.anon_last = 0.0
 
     def sample(self, done: int, total: int) -> float:
         gc.collect()
-        rss = rss_mib()
+        fields = rss_mib()
+        rss, anon = fields["VmRSS"], fields.get("RssAnon", 0.0)
         mall = _mallinfo()
         if self.start is None:
-            self.start = rss
-        self.last = rss
-        arenas = f"malloc {mall[0]:7.1f} MiB ({mall[1]:6.1f} free)" if mall else ""
+            self.start, self.anon_start = rss, anon
+        self.last, self.anon_last = rss, anon
+        arenas = f"malloc {mall[0]:6.1f} MiB ({mall[1]:5.1f} free)" if mall else ""
         print(
-            f"{self.phase:>6} {done:>7}/{total:<7} RSS {rss:7.1f} MiB  {rss - self.start:+6.2f} MiB  "
-            f"ratio {rss / self.start:6.4f}  py-blocks {sys.getallocatedblocks():>8}  threads {threading.active_count():>3}  {arenas}",
+            f"{self.phase:>6} {done:>7}/{total:<7} RSS {rss:6.1f} MiB {rss - self.start:+5.2f} (ratio {rss / self.start:6.4f})  "
+            f"anon {anon:5.1f} {anon - self.anon_start:+5.2f}  file {fields.get('RssFile', 0.0):5.1f}  "
+            f"py-blocks {sys.getallocatedblocks():>7}  threads {threading.active_count():>2}  {arenas}",
             flush=True,
         )
         return rss
@@ -110,7 +120,7 @@ async def main(args: argparse.Namespace) -> None:
     from ota_daemon.engine import Result
     from ota_daemon.testing import SimWorld
 
-    root = Path(tempfile.mkdtemp(prefix="ota-bench-memory-"))
+    root = Path(tempfile.mkdtemp(prefix="ota-bench-memory-", dir=args.dir))
     port = free_port()
     world = SimWorld(root)
     world.create_device("0.0.0")
@@ -182,7 +192,10 @@ async def main(args: argparse.Namespace) -> None:
         print()
         for s, n, secs in ((sampler, args.cycles, update_secs), (idle, args.idle, idle_secs)):
             assert s.start is not None
-            print(f"{s.phase}: {n} in {secs:.0f} s; RSS {s.start:.1f} -> {s.last:.1f} MiB ({s.last - s.start:+.2f} MiB, ratio {s.last / s.start:.4f}; goal <= +2 MiB)")
+            print(
+                f"{s.phase}: {n} in {secs:.0f} s; RSS {s.start:.1f} -> {s.last:.1f} MiB ({s.last - s.start:+.2f} MiB, ratio {s.last / s.start:.4f}; "
+                f"goal <= +2 MiB); of it anonymous memory {s.anon_start:.1f} -> {s.anon_last:.1f} MiB ({s.anon_last - s.anon_start:+.2f} MiB)"
+            )
     finally:
         server.terminate()
         server.wait()
@@ -194,6 +207,10 @@ def cli() -> None:
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--idle", type=int, default=100_000)
     parser.add_argument("--size", type=parse_size, default=MiB)
+    parser.add_argument(
+        "--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+        help="where the device, state directory and repository live (default: /dev/shm, so that fsync costs no wall time; tmpfs pages are not the process's RSS)",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="update cycles before the first sample (idle: ten times as many passes)")
     args = parser.parse_args()
     asyncio.run(main(args))
