@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from ota_daemon.clock import Clock, SystemClock, iso
-from ota_daemon.config import Config, load_config
+from ota_daemon.config import Config, load_config, locate_error
 from ota_daemon.engine import PassResult, Result
 from ota_daemon.errors import ConfigError, LockHeld, OtaError, TransientError
 from ota_daemon.installers.simulated import RebootRequested
@@ -290,7 +290,8 @@ class Daemon:
         except OtaError as exc:
             self.failures += 1
             delay = backoff_delay(self.failures, interval=self.effective.poll.interval, rng=self.rng)
-            log.error("pass failed", error=str(exc), next_check=iso(self.clock.now() + delay))
+            message = locate_error(str(exc), self.config_path) if isinstance(exc, ConfigError) else str(exc)
+            log.error("pass failed", error=message, next_check=iso(self.clock.now() + delay))
             self.set_status(f"error: {str(exc)[:100]}")
             self._record_next_check(self.clock.now() + delay)
             return delay

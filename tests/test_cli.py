@@ -667,3 +667,29 @@ def test_run_at_warning_level_shows_every_failing_pass(world: SimWorld) -> None:
     assert failed and failed[0]["level"] == "error"
     assert done[0]["level"] == "error" and done[0]["result"] == "failed"
     assert all(r["level"] in ("warning", "error") for r in records)
+
+
+def test_run_names_the_file_of_a_bad_key_found_in_a_pass(world: SimWorld) -> None:
+    """A key found wrong only when a pass uses it (hub.url) is logged with the file it came from."""
+    import queue
+    import signal
+    import threading
+
+    config = world.toml(hub={"url": "ftp://example.com/"}, log={"format": "json"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_DAEMON_") and k != "NOTIFY_SOCKET"}
+    proc = subprocess.Popen([sys.executable, "-m", "ota_daemon", "--config", str(config), "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    records: list[dict[str, Any]] = []
+    try:
+        while not any(r["event"] == "pass failed" for r in records):
+            records += log_records(lines.get(timeout=60))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    failed = next(r for r in records if r["event"] == "pass failed")
+    assert failed["error"].startswith(f"{config}: key 'hub.url': expected an http://"), failed
