@@ -11,6 +11,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -175,7 +176,27 @@ async def read_status(config: Any, *, events: int = 10) -> StatusView:
 
 
 
-def print_status(view: StatusView, out: TextIO) -> None:
+def _relative(when: Any, now: float) -> str:
+    """`` (in 3h 59m)`` or `` (overdue by 2m: is ota-daemon run running?)`` for an ISO time."""
+    try:
+        ts = datetime.fromisoformat(str(when).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return ""
+    delta = ts - now
+    minutes = int(abs(delta) // 60)
+    if minutes >= 1440:
+        span = f"{minutes // 1440}d {minutes % 1440 // 60}h"
+    elif minutes >= 60:
+        span = f"{minutes // 60}h {minutes % 60}m"
+    else:
+        span = f"{minutes}m" if minutes else f"{int(abs(delta))}s"
+    if delta >= 0:
+        return f" (in {span})"
+    return f" (overdue by {span}: is 'ota-daemon run' running?)" if delta < -60 else ""
+
+
+def print_status(view: StatusView, out: TextIO, *, now: float | None = None) -> None:
+    now = time.time() if now is None else now
     st = view.status
     info = view.info
     out.write(f"state:            {st.get('state', 'idle')}\n")
@@ -193,7 +214,7 @@ def print_status(view: StatusView, out: TextIO) -> None:
         out.write(f"target version:   {st['targetVersion']}\n")
     out.write(f"last check:       {st.get('lastCheck', 'never')}\n")
     if st.get("nextCheck"):
-        out.write(f"next check:       {st['nextCheck']}\n")
+        out.write(f"next check:       {st['nextCheck']}{_relative(st['nextCheck'], now)}\n")
     out.write(f"last error:       {st.get('lastError') or '-'}\n")
     quarantine = view.journal.get("quarantine") or {}
     if quarantine:
