@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--system", metavar="NAME", help="system name: adds <system>.build-info.json and names an image <system>.<ext>")
     pub.add_argument("--tag", action="append", default=[], metavar="TAG", help="another floating tag to point at it")
     pub.add_argument("--keys", type=Path, metavar="DIR", help="signed repository: folder of the signing keys")
+    pub.add_argument("--bundle-hash", action="append", default=[], metavar="NAME=HEX", help="signed repository: the Rugix bundle hash of file NAME (signed; handed to the installer)")
     pub.add_argument("files", nargs="+", metavar="FILE", help="FILE or NAME=FILE (the asset name devices ask for, e.g. my-board.raucb=build/out.raucb)")
     tag = repo.add_parser("tag", help="point a tag at a version", description="Point a tag at a version, atomically.")
     tag.add_argument("root", type=Path, metavar="ROOT", help="repository root folder")

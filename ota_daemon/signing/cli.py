@@ -5,6 +5,7 @@ staged rollouts"). ``ROOT`` is the folder served as ``hub.url``; ``PATH`` is
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from datetime import datetime
@@ -67,6 +68,7 @@ def add_commands(repo: Any) -> None:
     refresh.add_argument("root", type=Path, help="repository root folder")
     refresh.add_argument("repository", help="repository name (the first part of repository/package/tag)")
     refresh.add_argument("--keys", type=Path, required=True, help=KEYS_HELP)
+    refresh.add_argument("--expires", help="how long the new timestamp is valid (default 1d; longer for offline/USB use)")
 
     rotate = repo.add_parser("rotate", help="signed repository: replace a role's keys (new root version)")
     rotate.add_argument("root", type=Path, help="repository root folder")
@@ -119,7 +121,13 @@ def signed_publish(args: argparse.Namespace, files: list[tuple[str, Path]], out:
 
     repository, package, tag = _split(args.path)
     repo = SignedRepository(args.root / repository, args.keys)
-    release = repo.publish(package, tag, version=args.image_version, files=files, system=args.system, extra_tags=args.tag)
+    pins: dict[str, dict[str, str]] = {}
+    for item in getattr(args, "bundle_hash", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise UsageError(f"--bundle-hash {item!r}: expected NAME=<64 hex digits> (the Rugix bundle hash of file NAME)")
+        pins[name] = {"bundleHash": value}
+    release = repo.publish(package, tag, version=args.image_version, files=files, system=args.system, extra_tags=args.tag, pins=pins)
     out.write(f"published {args.image_version} as release {release} (signed); {args.path} -> it\n")
     return 0
 
@@ -149,7 +157,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                 return 1
             out.write(f"ok: {folder} verifies from {trusted}; {checked} signed file(s) match their assets\n")
             return 0
-        repo = SignedRepository(folder, args.keys)
+        lifetimes = None
+        if command == "refresh" and args.expires:
+            try:
+                lifetimes = {"timestamp": parse_duration(args.expires)}
+            except ValueError as exc:
+                raise UsageError(f"--expires: {exc}") from None
+        repo = SignedRepository(folder, args.keys, lifetimes=lifetimes)
         if command == "init":
             ids = repo.init(thresholds=_thresholds(args.threshold))
             for role, keyids in ids.items():

@@ -172,6 +172,8 @@ class DeviceVerifier:
     # ------------------------------------------------------------------ in the worker thread
     def _updater(self, fetcher: DaemonFetcher, now: float) -> Updater:
         self.metadata_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for leftover in self.metadata_dir.glob("tmp*"):  # the updater's temporary files, left by a power cut
+            leftover.unlink(missing_ok=True)
         bootstrap: bytes | None = None
         if not (self.metadata_dir / "root.json").exists():
             try:

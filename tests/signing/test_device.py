@@ -140,3 +140,24 @@ async def test_install_from_a_usb_folder_with_signed_metadata(signed: Signed, tm
         result = await engine.install_local(str(usb))
     assert result.result is Result.REBOOTING, result.message
     assert asset_requests(signed) == []  # nothing came from the network
+
+
+async def test_signed_installer_pin_reaches_the_installer(signed: Signed) -> None:
+    """``repo publish --bundle-hash NAME=HEX`` signs the pin; the pinned image carries it."""
+    import io
+
+    from ota_daemon.cli import main
+
+    pin = "ab" * 32
+    image = signed.world.image("1.1.0")
+    argv = ["repo", "publish", str(signed.world.repo_dir), "fleet/system/stable", "--keys", str(signed.keys), "--image-version", "1.1.0",
+            "--system", "sim-device", "--bundle-hash", f"sim-device.img={pin}", f"sim-device.img={image}"]
+    assert main(argv, out=io.StringIO()) == 0
+    # what the engine hands to an installer that takes a pin (Rugix with use_bundle_hash)
+    from ota_daemon.app import open_engine
+    from ota_daemon.engine.util import _bundle_hash
+
+    async with open_engine(signed.config(), clock=signed.clock) as engine:
+        document = await engine.hub.resolve("fleet/system/stable")
+        target = await engine.pin(document, path="fleet/system/stable", system_name="sim-device", config=engine.config)
+    assert _bundle_hash(target.image) == pin
