@@ -3,6 +3,7 @@ scenario, per-scenario artifacts and the run report.
 
     python -m pytest hil --target sim --report-dir hil-report
     python -m pytest hil --target rpi --bench hil/benches/example.toml --report-dir hil-report
+    python -m pytest hil --target qemu -m hil_qemu_ci --report-dir hil-report   # CI subset
     python -m pytest hil --target rpi --bench FILE --check-bench     # validate, run nothing
 
 Without ``--target`` every scenario skips with a reason naming the flag (labgrid's ``env``
@@ -28,7 +29,7 @@ from hil.rig.faultproxy import FaultProxy
 from hil.rig.hub import HubDouble
 from hil.rig.timeline import Recorder
 
-TARGETS = ("sim", "rpi")
+TARGETS = ("sim", "rpi", "qemu")
 RESULTS_KEY = pytest.StashKey[dict[str, Any]]()
 RECORDER_KEY = pytest.StashKey[Recorder]()
 _RESULTS: list[dict[str, Any]] = []
@@ -44,6 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench", metavar="FILE", default=os.environ.get("HIL_BENCH") or None, help="bench file for --target rpi (TOML; see hil/benches/example.toml)")
     group.addoption("--check-bench", action="store_true", help="with --target rpi: validate the bench file and reach the board, run no scenario")
     group.addoption("--report-dir", metavar="DIR", default=None, help="write timelines, artifacts, summary.md, timeline.png and junit.xml here")
+    group.addoption("--time-scale", type=float, default=float(os.environ.get("HIL_TIME_SCALE") or 0) or None, help="stretch every scenario wait by this factor (default: 1; qemu: 6 under KVM, 40 under TCG)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,6 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "hil_reboots(n): the reboot budget of the scenario (default 3)",
         "hil_allow_traceback: the daemon may log a traceback in this scenario",
         "hil_device(**options): options of the sim device (volatile_try, watchdog)",
+        "hil_qemu_ci: the subset CI runs on the qemu target (real bootloader, units, power cut)",
     ):
         config.addinivalue_line("markers", line)
     report_dir = config.getoption("--report-dir", None)
@@ -96,9 +99,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def hil_target(request: pytest.FixtureRequest) -> str:
     target = request.config.getoption("--target")
     if target is None:
-        pytest.skip("HIL target not configured (use --target sim|rpi)")
+        pytest.skip("HIL target not configured (use --target sim|rpi|qemu)")
     if target == "rpi" and not request.config.getoption("--bench"):
         pytest.skip("--target rpi needs a bench file (use --bench FILE; see hil/benches/example.toml)")
+    from hil.rig import device
+
+    scale = request.config.getoption("--time-scale")
+    if target == "qemu":
+        from hil.rig.qemu_image import ImageError
+        from hil.rig.targets.qemu import accel
+
+        try:
+            chosen = accel()  # builds or reuses the image, then probes KVM
+        except ImageError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        if scale is None:
+            scale = 6.0 if chosen == "kvm" else 40.0
+    device.TIME_SCALE = float(scale or 1.0)
     return str(target)
 
 
@@ -124,6 +141,10 @@ def rig(request: pytest.FixtureRequest, hil_target: str, tmp_path: Path, report_
     recorder.record("rig", "scenario-start", target=hil_target)
     if hil_target == "sim":
         rig = _sim_rig(request, tmp_path, recorder)
+    elif hil_target == "qemu":
+        from hil.rig.targets.qemu import qemu_rig
+
+        rig = qemu_rig(request, tmp_path, recorder)
     else:
         from hil.rig.targets.rpi import rpi_rig
 

@@ -27,6 +27,11 @@ VOLATILE_TRY = "volatile_try"  # choose whether the try flag survives a cold pow
 DISK_FULL = "disk_full"  # a small file system under the download cache
 NAME_RESOLUTION = "name_resolution"  # make the hub's host name unresolvable and back
 OLD_CONTENT = "old_content"  # write a known pattern into the passive slot
+GUARD = "guard"  # the real ota-daemon-guard timer and a real reboot behind it
+REAL_BOOT = "real_boot"  # a real bootloader, kernel and systemd (boots take tens of seconds)
+
+#: every scenario wait is stretched by this factor (a target whose boots take a minute sets it)
+TIME_SCALE = 1.0
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,11 @@ class Rig:
         self.recorder.record("fault", "injected", what=what, **data)
 
 
-def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05, describe: Callable[[], str] | None = None) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05, describe: Callable[[], str] | None = None, scaled: bool = True) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after
+    ``timeout`` seconds (times :data:`TIME_SCALE` unless ``scaled`` is false)."""
+    if scaled:
+        timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:

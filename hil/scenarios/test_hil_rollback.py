@@ -24,6 +24,7 @@ def _no_retry_for(rig: Rig, asset: str, seconds: float) -> None:
 
 @pytest.mark.hil_needs(dev.PAYLOADS)
 @pytest.mark.hil_reboots(3)
+@pytest.mark.hil_qemu_ci
 def test_hil_03_image_panics_on_boot(rig: Rig) -> None:
     """v2 panics when booted: the boot history shows the try of b failing and a return to
     a; the daemon on a sees "installed b, booted a", reports a rollback with the reason,
@@ -49,6 +50,7 @@ def test_hil_03_image_panics_on_boot(rig: Rig) -> None:
 
 @pytest.mark.hil_needs(dev.PAYLOADS)
 @pytest.mark.hil_reboots(2)
+@pytest.mark.hil_qemu_ci
 def test_hil_04_boots_but_unhealthy(rig: Rig) -> None:
     """v2 boots but its application never turns healthy: no commit; the daemon marks b bad
     and reboots back to a; the failure is reported naming the health check; exactly two
@@ -88,3 +90,27 @@ def test_hil_05_image_hangs(rig: Rig) -> None:
     wd_at = rig.recorder.select("boot", "watchdog")[0]["mono"]
     assert wd_at - hang_at >= 0.9, "the watchdog fired before its timeout"
     assert rollback[-1]["attributes"]["targetVersion"] == "2.0.0"
+
+
+@pytest.mark.hil_needs(dev.PAYLOADS, dev.GUARD)
+@pytest.mark.hil_reboots(2)
+@pytest.mark.hil_qemu_ci
+def test_hil_16_guard_reboots_a_trial_whose_daemon_never_starts(rig: Rig) -> None:
+    """v2 boots but ota-daemon.service cannot start in it: nobody commits the trial, so
+    ota-daemon-guard (its own timer, guard.timeout after boot) reboots, the bootloader's
+    try-once rule returns to a, and the daemon there reports the rollback with the guard's
+    reason and quarantines v2. Needs the real units and timer (qemu)."""
+    device = rig.device
+    wait_settled(device, "1.0.0")
+    rig.publish("2.0.0", behaviour="nodaemon")
+    wait_until(lambda: any(b.slot == "b" and b.try_boot for b in device.boots()), timeout=60, what="the trial boot of b")
+    assert not device.daemon_running()
+    rollback = wait_event(device, "rollback", timeout=60)
+    wait_settled(device, "1.0.0")
+    trial = next(b for b in device.boots() if b.slot == "b")
+    back = device.boots()[trial.n]  # the boot after the trial
+    assert (back.slot, back.reason) == ("a", "warm"), device.boots()
+    error = rollback[-1]["attributes"]["error"]
+    assert "ota-daemon-guard" in error, error
+    status = device.status()
+    assert any(q["version"] == "2.0.0" for q in status.get("quarantined", [])), status
