@@ -178,7 +178,8 @@ def ensure_image(*, log: Path | None = None) -> Built:
         if not base.is_dir():
             _need_root("building the base image")
             _run([str(BUILD), "base", str(base)], log=log, what="base (mmdebstrap)")
-        if not system.is_dir():
+        seed = system.with_name(system.name + ".data-seed")
+        if not system.is_dir() or (not disk.exists() and not seed.is_dir()):
             _need_root("building the system image")
             wheels = ensure_wheels(root)
             _run([str(BUILD), "system", str(base), str(REPO_ROOT), str(wheels), str(keys), str(system)], log=log, what="system (install-debian.sh)")
@@ -186,15 +187,18 @@ def ensure_image(*, log: Path | None = None) -> Built:
             _need_root("building the disk image")
             slot_a = slot_image(system, skey, BASELINE, "ok", log=log)
             _run([str(BUILD), "disk", str(system), str(disk), str(slot_a)], log=log, what="disk (partitions, GRUB)")
-        _prune(root, keep={base.name, system.name, disk.name})
+        _prune(root, keep={base.name, system.name, system.name + ".data-seed", disk.name})
     return Built(root, keys, system, disk, skey)
 
 
 def _prune(root: Path, *, keep: set[str]) -> None:
     """Drop older generations (each is hundreds of MB)."""
+    live = {k.split("-", 1)[1] for k in keep if k.startswith("system-")}
     for p in root.iterdir():
         stem = p.name
-        if stem.startswith(("base-", "system-", "disk-")) and stem not in keep and not stem.endswith((".tmp", ".lock")):
+        stale = stem.startswith(("base-", "system-", "disk-")) and stem not in keep
+        stale = stale or (stem.startswith("booted-") and not any(k in stem for k in live))
+        if stale and not stem.endswith(".lock"):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -202,7 +206,6 @@ def _prune(root: Path, *, keep: set[str]) -> None:
     for sub in ("slots", "bundles"):
         d = root / sub
         if d.is_dir():
-            live = {k.split("-", 1)[1] for k in keep if k.startswith("system-")}
             for p in d.iterdir():
                 if not p.name.startswith(tuple(live)):
                     p.unlink(missing_ok=True)

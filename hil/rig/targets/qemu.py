@@ -50,6 +50,9 @@ from ota_daemon.testing import to_toml
 
 GUEST_HUB = ("10.0.2.100", 8080)
 SNAPSHOT = "hil-booted"
+#: one vCPU: with two, a host busy elsewhere preempts one vCPU thread while it holds a guest
+#: lock and the other spins (soft lockups, RCU stalls, the daemon's watchdog firing)
+MACHINE = ("-smp", "1", "-m", "640")
 #: guard.timeout under TCG (boot to commit takes minutes there; 150 s under KVM, as built)
 TCG_GUARD_TIMEOUT = "480s"
 FAULTS = "/data/hil/faults.json"
@@ -161,7 +164,7 @@ class QemuDevice:
             "qemu-system-x86_64",
             "-machine", f"pc,accel={self.accel}",
             "-cpu", "max" if self.accel == "tcg" else "host",
-            "-smp", "2", "-m", "640",
+            *MACHINE,
             "-display", "none", "-serial", "stdio", "-nodefaults",
             "-drive", f"file={self.disk},if=virtio,format=qcow2,cache=unsafe",
             "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
@@ -605,7 +608,7 @@ def ensure_booted(built: qemu_image.Built) -> Path:
     """The baseline device booted, its daemon settled on 1.0.0 against a hub double, saved
     with its RAM (``savevm``) in a qcow2 over the cached disk: every scenario starts from a
     copy of it instead of a first boot (minutes under TCG). Cached next to the disk."""
-    out = built.root / f"booted-{built.key}-{accel()}.qcow2"
+    out = built.root / f"booted-{built.key}-{accel()}-{''.join(MACHINE).replace('-', '')}.qcow2"
     if out.exists():
         return out
     with qemu_image._locked(built.root / ".booted.lock"):
