@@ -120,5 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    logging.disable(logging.WARNING)
     kinds = sorted(MODELS) if args.installer == "all" else [args.installer]
     return asyncio.run(explore(args.seed, args.steps, args.scenario_steps, kinds, verbose=args.verbose))

@@ -249,7 +249,8 @@ class World:
         hub: Any = get_hub(config.hub.kind, config=config, http=self._http, clock=self.clock)
         if config.hub.kind == "static":
             hub = SimHub(hub, self)
-        telemetry = Telemetry(config.state.dir, clock=self.clock, hub=hub, deliver=True)
+        # a static hub has no write side; the simulator's wrapper takes the writes to count and refuse them
+        telemetry = Telemetry(config.state.dir, clock=self.clock, hub=hub, deliver=True, heartbeat=config.telemetry.heartbeat)
         engine = Engine(
             config=config, hub=hub, installer=self.model, journal=Journal(config.state.dir),  # type: ignore[arg-type]
             telemetry=telemetry, downloader=Downloader(config=config.download, http=self._http, clock=self.clock),

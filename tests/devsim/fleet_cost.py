@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", default=None, help="telemetry.heartbeat (default: the daemon's default)")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    logging.disable(logging.WARNING)
     rows = asyncio.run(report(args.days, args.heartbeat))
-    print(f"per device-day, poll.interval 4h, poll.jitter 5m, {args.days} simulated days after the first pass")
+    print(f"per device-day, poll.interval 4h, poll.jitter 5m, telemetry.heartbeat {args.heartbeat or 'default (1d)'}, {args.days} simulated days after the first pass")
     print(f"{'transport':<10} {'fleet':<20} {'agent runs':>10} {'actions':>8} {'writes':>7}   (releases, running at the end)")
     for r in rows:
         print(f"{r['transport']:<10} {r['fleet']:<20} {r['agent_runs_per_day']:>10.2f} {r['actions_per_day']:>8.2f} {r['writes_per_day']:>7.2f}   ({r['releases']}, {r['running']})")
