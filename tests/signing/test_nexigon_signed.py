@@ -103,3 +103,42 @@ async def test_hub_moves_the_tag_back(setup: Setup) -> None:
     result = await setup.run()
     assert result.result is Result.FAILED and "older than what this device already trusts" in result.message
     assert fingerprint(setup.world.device_dir) == device
+
+
+async def test_freeze_through_nexigon(setup: Setup) -> None:
+    """The hub keeps answering with the same version: its metadata expires on the device."""
+    assert (await setup.run()).result is Result.UP_TO_DATE
+    setup.clock.advance(2 * 86400)
+    result = await setup.run()
+    assert result.result is Result.FAILED and "expired" in result.message
+    assert setup.double.status["lastError"] == result.message
+
+
+async def test_one_of_two_targets_keys_through_nexigon(setup: Setup) -> None:
+    """One targets key (of two) and the online keys stolen, plus the hub account: a release
+    signed with them, published as a version with its metadata assets, is refused."""
+    from ota_daemon.signing import keys as keystore
+    from tests.signing.test_attacks import forge
+
+    assert (await setup.run()).result is Result.UP_TO_DATE
+    device = fingerprint(setup.world.device_dir)
+    data = setup.image("6.6.6")
+    path = setup.world.root / "evil.img"
+    path.write_bytes(data)
+    state = setup.repo.load()
+    loaded = keystore.load(setup.repo.keys_dir)
+    loot = {role: [loaded[k] for k in state.root.signed.roles[role].keyids] for role in ("snapshot", "timestamp")}
+    loot["targets"] = [loaded[state.root.signed.roles["targets"].keyids[0]]]
+    import hashlib
+
+    from tuf.api.metadata import TargetFile
+
+    digest = hashlib.sha256(data).hexdigest()
+    ota = {"version": "6.6.6", "release": 9, "url": f"assets/sha256_{digest}", "system": "sim-device"}
+    state.targets.signed.targets["system/6.6.6/sim-device.img"] = TargetFile(len(data), {"sha256": digest}, "system/6.6.6/sim-device.img", {"custom": {"ota": ota}})
+    setup.repo._point(state, "system", "stable", "6.6.6", files=["sim-device.img"], release=9, rollback=False, rollout=None)
+    forge(setup.repo, state, loot)
+    setup.double.publish_release("6.6.6", image=data, ext="img", system="sim-device", extra_assets=nexigon_assets(setup.repo.folder))
+    result = await setup.run()
+    assert result.result is Result.FAILED and "lacks the signatures" in result.message
+    assert fingerprint(setup.world.device_dir) == device
