@@ -16,7 +16,11 @@ Uncommitted, per ``installer.kind``:
 
 - ``rugix``: ``rugix-ctrl system info`` ``boot.activeGroup != boot.defaultGroup``.
 - ``rauc``: ``rauc status --output-format=json``: the slot in state ``booted`` is not
-  ``boot_primary`` (slot names, as the RAUC backend reports them).
+  ``boot_primary`` (slot names, as the RAUC backend reports them) — or, since RAUC makes the
+  new slot primary at install and cannot show a trial (``traits.trial_visible`` false), the
+  daemon's journal holds an uncommitted attempt whose target is the booted slot, requested in
+  an earlier boot (:func:`with_journal_trial`). Rebooting then marks the booted slot bad
+  first (``rauc status mark-bad booted``): a plain reboot would boot the trial slot again.
 - ``swupdate``: ``fw_printenv ustate rootpart``: ``ustate`` is ``1`` (INSTALLED) or ``2``
   (TESTING) and the booted slot is the one ``rootpart`` names (``0`` is OK, ``3`` FAILED: the
   bootloader fell back — installer-backends.md §3.3). The booted slot comes from where the
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import enum
 import json
 import os
@@ -71,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.durations import parse_duration
+from ota_daemon.traits import TRAITS
 
 DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
 ENV_PREFIX = "OTA_DAEMON_"
@@ -294,6 +300,7 @@ class JournalFacts:
     attempt_id: str | None = None
     boot_id: str | None = None
     target_slot: str | None = None
+    committed: bool = False  # the daemon journaled the installer's commit of this attempt
     problem: str | None = None  # why the journal could not be read, if it could not
 
 
@@ -320,7 +327,31 @@ def read_journal(state_dir: Path) -> JournalFacts:
         attempt_id=text(attempt.get("id")),
         boot_id=text(attempt.get("boot_id")),
         target_slot=text(attempt.get("target_slot")),
+        committed=attempt.get("committed") is True,
     )
+
+
+def with_journal_trial(facts: SlotFacts, journal: JournalFacts) -> SlotFacts:
+    """The facts with the trial only the journal knows of, for tools that cannot show one.
+
+    RAUC makes the new slot primary when it installs, so after the reboot into it ``booted ==
+    primary`` whether or not the daemon committed (``traits.trial_visible`` is false). The
+    journal tells: an attempt whose target is the booted slot, in phase ``rebooting`` or
+    ``committing``, not committed, and requested in an earlier boot is a trial boot.
+    """
+    if facts.uncommitted or TRAITS[facts.kind].trial_visible:
+        return facts
+    trial = (
+        journal.phase in ("rebooting", "committing")
+        and journal.target_slot is not None
+        and journal.target_slot == facts.booted
+        and not journal.committed
+        and journal.boot_id != facts.boot_id
+    )
+    if not trial:
+        return facts
+    detail = f"{facts.detail}; the journal holds attempt {journal.attempt_id or '?'} on trial in slot {facts.booted}, not committed"
+    return dataclasses.replace(facts, uncommitted=True, detail=detail)
 
 
 Runner = Callable[[Sequence[str], Mapping[str, str] | None], "subprocess.CompletedProcess[str]"]
@@ -617,7 +648,13 @@ def write_record(state_dir: Path, record: Mapping[str, Any]) -> Path:
 
 
 def reboot_system(settings: GuardSettings) -> None:
-    """Reboot: the configured command, or the simulated device's bootloader."""
+    """Reboot: the configured command, or the simulated device's bootloader.
+
+    Where the install armed the new slot for every boot (``traits.armed_at = install`` and no
+    try-once), a plain reboot would boot the trial slot again: the booted slot is marked bad
+    first (``rauc status mark-bad booted``), so the bootloader takes the other one."""
+    if settings.kind == "rauc":
+        run_tool([settings.rauc_bin, "status", "mark-bad", "booted"], _rauc_env(settings.rauc_bus))
     if settings.kind == "simulated":
         # the device's own boot rules (try-once); imported here: it pulls in pydantic
         from ota_daemon.installers.simulated import SimulatedDevice
@@ -671,8 +708,8 @@ def run(settings: GuardSettings, env: Env | None = None, *, wait_early: bool = T
     env = env or Env()
     grace_waited = 0.0
     while True:
-        facts = env.probe(settings)
         journal = read_journal(settings.state_dir)
+        facts = with_journal_trial(env.probe(settings), journal)
         if journal.problem:
             env.log(journal.problem, WARNING)
         uptime = env.uptime()

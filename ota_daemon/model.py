@@ -193,6 +193,8 @@ class SlotState:
     version: str | None = None
     bootable: bool = True
     good: bool | None = None
+    #: try-boots of this slot since it was written, where the tool counts them (None: unknown)
+    tries: int | None = None
 
 
 @dataclass(frozen=True)

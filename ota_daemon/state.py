@@ -50,6 +50,8 @@ TRANSITIONS: frozenset[tuple[Phase, Phase]] = frozenset(
         (Phase.REBOOTING, Phase.REBOOTING),
         (Phase.REBOOTING, Phase.COMMITTING),
         (Phase.COMMITTING, Phase.COMMITTING),
+        # the trial was cut before the gate's verdict and the old slot came back: arm it again
+        (Phase.COMMITTING, Phase.REBOOTING),
         # every in-flight phase can end (completed, failed, rolled back, abandoned)
         (Phase.DOWNLOADING, Phase.IDLE),
         (Phase.INSTALLING, Phase.IDLE),
@@ -77,6 +79,19 @@ def _check_graph() -> None:
 
 
 _check_graph()
+
+#: Journal writes other than transitions, by why they happen: each is an effect
+#: ``journal:<why>`` of :mod:`ota_daemon.effects` with its own cut points.
+JOURNAL_SAVES: frozenset[str] = frozenset(
+    {
+        "deferral",  # a deferral began or ended (policy.max_deferral bookkeeping)
+        "outcome",  # the last outcome recorded while idle
+        "reboot-requested",  # attempt.reboot_requested: the reboot is about to be asked for
+        "committed",  # attempt.committed: the installer confirmed the commit
+        "failure",  # attempt.failure: the gate failed on this boot; rolling back
+        "quarantine-cleared",  # ota-daemon retry, or the hub's retryFailed
+    }
+)
 
 
 class AssetRef(BaseModel):
@@ -108,6 +123,15 @@ class Attempt(BaseModel):
     failure: str | None = None
     #: the installer confirmed the commit (some tools cannot tell a trial boot from a committed one)
     committed: bool = False
+    #: what the other slot held when the attempt began (a slot left as it was was not written)
+    other_version: str | None = None
+    #: the target version came from the image, the hub or the operator; False: a placeholder
+    #: (a local image whose version nobody could read): the commit does not compare it
+    version_known: bool = True
+    #: how often the try-boot was armed again after a reboot that did not try it
+    rearms: int = 0
+    #: the target slot's try count when the reboot was requested (where the tool counts tries)
+    tries_seen: int | None = None
 
 
 class QuarantineEntry(BaseModel):
@@ -273,12 +297,21 @@ class Journal:
         self.recovered_from = f"{self.path} was unreadable ({reason}); moved to {aside.name}"
         self.data = JournalData()
 
-    def save(self) -> None:
+    def save(self, why: str) -> None:
+        """Write the journal; ``why`` names the write (:data:`JOURNAL_SAVES`) for its cut points."""
+        if why not in JOURNAL_SAVES:
+            raise ValueError(f"journal write {why!r} is not in state.JOURNAL_SAVES")
+        self._write(f"journal:{why}")
+
+    def _write(self, effect_name: str) -> None:
+        from ota_daemon.effects import effect
+
         self.data.store_count += 1
-        try:
-            atomic_write(self.path, self.data.model_dump_json(indent=1).encode())
-        except OSError as exc:
-            raise JournalError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from None
+        with effect(effect_name):
+            try:
+                atomic_write(self.path, self.data.model_dump_json(indent=1).encode())
+            except OSError as exc:
+                raise JournalError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from None
 
     def transition(self, phase: Phase, **changes: Any) -> int:
         """Move to ``phase`` (writing first), counting entries for loop protection.
@@ -296,11 +329,12 @@ class Journal:
             count = self.data.phase_entries.get(key, 0) + 1
             self.data.phase_entries[key] = count
         self.data.phase = phase
-        self.save()
-        from ota_daemon.faults import fault_point
+        self._write(f"journal:{current.value}->{phase.value}")
+        from ota_daemon.effects import reach
 
-        fault_point(f"journal:{phase.value}")
-        fault_point(f"journal:{current.value}->{phase.value}")
+        # the subprocess crash tests' older names for after:journal:<from>-><to>
+        reach(f"journal:{phase.value}")
+        reach(f"journal:{current.value}->{phase.value}")
         return count
 
 

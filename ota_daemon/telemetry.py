@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from ota_daemon.clock import Clock, iso
+from ota_daemon.effects import effect
 from ota_daemon.errors import EventsPartlyDelivered, OtaError, TransientError
 from ota_daemon.hubs.base import Hub
 from ota_daemon.ids import make_event_id
@@ -221,9 +222,11 @@ class Telemetry:
             "emittedAt": iso_precise(now),
         }
         line = json.dumps(record, separators=(",", ":")) + "\n"
-        self._append(self.events_path, line, self.max_events)
+        with effect("events.append"):
+            self._append(self.events_path, line, self.max_events)
         if self.deliver and event not in LOCAL_EVENTS:
-            self._append(self.spool_path, line, self.max_spool, count_drops=True, durable=True)
+            with effect("spool.append"):
+                self._append(self.spool_path, line, self.max_spool, count_drops=True, durable=True)
             await self._deliver()
         if event is not Event.PROGRESS or self.log_progress:
             level = _LOG_LEVEL.get(record["severity"], "info")
@@ -250,7 +253,8 @@ class Telemetry:
         if lines > limit * 2 if not count_drops else lines > limit:
             kept = _read_lines(path, keepends=True)
             dropped = max(0, len(kept) - limit)
-            atomic_write(path, b"".join(kept[dropped:]))
+            with effect("events.trim"):
+                atomic_write(path, b"".join(kept[dropped:]))
             if count_drops:
                 before = self.status.get("eventsDropped")
                 before = before if isinstance(before, int) and not isinstance(before, bool) and before >= 0 else 0
@@ -279,23 +283,28 @@ class Telemetry:
             spooled = [(line, event) for line in lines if (event := _parse_spooled(line)) is not None]
             try:
                 if len(spooled) != len(lines):
-                    atomic_write(self.spool_path, b"".join(line for line, _ in spooled))
+                    with effect("spool.rewrite"):
+                        atomic_write(self.spool_path, b"".join(line for line, _ in spooled))
                 for start in range(0, len(spooled), 100):
                     try:
-                        await self.hub.publish_events([event for _, event in spooled[start : start + 100]])
+                        with effect("hub.events"):
+                            await self.hub.publish_events([event for _, event in spooled[start : start + 100]])
                     except EventsPartlyDelivered as exc:
                         # the first ones went (one at a time, over the agent CLI): never send them twice
-                        atomic_write(self.spool_path, b"".join(line for line, _ in spooled[start + exc.delivered :]))
+                        with effect("spool.rewrite"):
+                            atomic_write(self.spool_path, b"".join(line for line, _ in spooled[start + exc.delivered :]))
                         raise
                     # drop what went, keep the rest in order
-                    atomic_write(self.spool_path, b"".join(line for line, _ in spooled[start + 100 :]))
+                    with effect("spool.rewrite"):
+                        atomic_write(self.spool_path, b"".join(line for line, _ in spooled[start + 100 :]))
             except TransientError as exc:
                 log.warning("events spooled; hub unavailable", error=str(exc), spooled=_count_lines(self.spool_path))
                 ok = False
             except OtaError as exc:
                 # the hub refuses these events for good: drop them rather than block the spool
                 log.error("hub refused spooled events; dropped", error=str(exc))
-                self.spool_path.unlink(missing_ok=True)
+                with effect("spool.drop"):
+                    self.spool_path.unlink(missing_ok=True)
         return ok
 
     # ------------------------------------------------------------------ progress
@@ -390,10 +399,12 @@ class Telemetry:
     def _write_hub_doc(self) -> None:
         if not self.deliver:
             return  # no hub to publish to: the local status is all there is
-        atomic_write(self.hub_doc_path, json.dumps(redact_value(self.hub_doc), sort_keys=True).encode())
+        with effect("status.hub-doc"):
+            atomic_write(self.hub_doc_path, json.dumps(redact_value(self.hub_doc), sort_keys=True).encode())
 
     def _write_local(self) -> None:
-        atomic_write(self.status_path, json.dumps(redact_value(self.status), indent=1, sort_keys=True).encode(), mode=0o644)
+        with effect("status.write"):
+            atomic_write(self.status_path, json.dumps(redact_value(self.status), indent=1, sort_keys=True).encode(), mode=0o644)
 
     async def _publish_status(self) -> bool:
         """Write the status to the hub. Never raises: reporting never stands between the device
@@ -402,7 +413,8 @@ class Telemetry:
         assert self.hub is not None
         view = redact_value(self._hub_view())
         try:
-            await self.hub.publish_status(view)
+            with effect("hub.status"):
+                await self.hub.publish_status(view)
         except TransientError as exc:
             log.warning("status not published; hub unavailable", error=str(exc))
             return False
@@ -420,7 +432,8 @@ class Telemetry:
                 log.info("status still refused by the hub", error=reason)
             return False
         self._published = view
-        atomic_write(self.hub_status_path, json.dumps(view, sort_keys=True).encode())
+        with effect("status.published"):
+            atomic_write(self.hub_status_path, json.dumps(view, sort_keys=True).encode())
         if self.status.get("statusRefused") is not None:
             self.status.pop("statusRefused", None)
             self._write_local()

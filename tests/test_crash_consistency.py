@@ -37,6 +37,8 @@ class Scenario:
     own_kills: int = 0
     #: fault points the scenario arms itself, before the one under test
     own_faults: tuple[str, ...] = ()
+    #: a kill is a power cut: the device reboots (its bootloader decides) before the next pass
+    power_cycle: bool = False
 
 
 def _corrupt(world: SimWorld) -> None:
@@ -64,6 +66,9 @@ SCENARIOS = [
     Scenario("corrupt image, stream mode", "1.0.0", {"download": {"mode": "stream"}}, prepare=_corrupt, final_outcome="failed"),
     Scenario("power cut during the health gate", "1.1.0", {"health": CRASH_IN_GATE}, own_kills=1),
     Scenario("power cut before the reboot", "1.1.0", own_faults=("journal:installing->rebooting",), own_kills=1),
+    # the trial system loses power mid-commit: the try-once bootloader returns to the old slot,
+    # the daemon arms the trial again (committing -> rebooting) and it completes
+    Scenario("power loss during the commit", "1.1.0", own_faults=("journal:rebooting->committing",), own_kills=1, power_cycle=True),
 ]
 
 EDGES = sorted(f"{a.value}->{b.value}" for a, b in TRANSITIONS)
@@ -101,6 +106,8 @@ def run_scenario(root: Path, scenario: Scenario, point: str) -> bool:
             result = _check(world, config, faults)
             codes.append(result.returncode)
             assert "Traceback" not in result.stderr, result.stderr[-3000:]
+            if result.returncode == -9 and scenario.power_cycle:
+                world.device.boot()
             info = world.device.info()
             if scenario.fail_trial_boot and not failed_trial and info.booted == "b" and not info.committed:
                 world.device.boot()  # the trial system dies before it can commit

@@ -23,6 +23,7 @@ from ota_daemon.engine import (
 from ota_daemon.errors import ConfigError
 from ota_daemon.model import Asset, PinnedVersion, SlotInfo, SlotState, SourceKind, VersionDocument
 from ota_daemon.state import AssetRef, Attempt, JournalData, Phase, QuarantineEntry
+from ota_daemon.traits import TRAITS, InstallerTraits
 
 DIGEST = "sha256_" + "ab" * 32
 
@@ -37,8 +38,24 @@ def attempt(**kw: Any) -> Attempt:
     return Attempt(**base)
 
 
-def slots(booted: str, primary: str, boot_id: str = "boot-1", trial: bool | None = None) -> SlotInfo:
-    return SlotInfo(booted=booted, primary=primary, slots={"a": SlotState("a"), "b": SlotState("b")}, boot_id=boot_id, trial=trial)
+def slots(
+    booted: str,
+    primary: str,
+    boot_id: str = "boot-1",
+    trial: bool | None = None,
+    *,
+    tries: int | None = None,
+    versions: tuple[str | None, str | None] = (None, None),
+    pending: str | None = None,
+) -> SlotInfo:
+    return SlotInfo(
+        booted=booted,
+        primary=primary,
+        slots={"a": SlotState("a", version=versions[0]), "b": SlotState("b", version=versions[1], tries=tries)},
+        boot_id=boot_id,
+        trial=trial,
+        pending=pending,
+    )
 
 
 @dataclass
@@ -49,6 +66,11 @@ class ResumeCase:
     expected: Resume
     attempt: Attempt | None = field(default_factory=attempt)
     policy: str = "immediate"
+    traits: InstallerTraits = TRAITS["simulated"]
+    guard_rebooted: bool = False
+
+
+RAUC = TRAITS["rauc"]
 
 
 RESUME_CASES = [
@@ -60,13 +82,26 @@ RESUME_CASES = [
     ResumeCase("installed, manual reboot policy", Phase.REBOOTING, slots("a", "a"), Resume.WAIT_REBOOT, policy="manual"),
     ResumeCase("rebooted into the target, on trial", Phase.REBOOTING, slots("b", "a", "boot-2"), Resume.COMMIT),
     ResumeCase("rebooted into the target, tool says good (RAUC)", Phase.REBOOTING, slots("b", "b", "boot-2"), Resume.COMMIT),
-    ResumeCase("rebooted, bootloader fell back", Phase.REBOOTING, slots("a", "a", "boot-2"), Resume.ROLLED_BACK),
+    ResumeCase("rebooted, the trial ran and the bootloader fell back", Phase.REBOOTING, slots("a", "a", "boot-2", tries=1), Resume.ROLLED_BACK),
+    ResumeCase("reboot journaled, try-boot never armed (cut)", Phase.REBOOTING, slots("a", "a", "boot-2", tries=0), Resume.REQUEST_REBOOT),
+    ResumeCase("back on the old slot, tries unknown: arm once more", Phase.REBOOTING, slots("a", "a", "boot-2"), Resume.REQUEST_REBOOT),
+    ResumeCase("tried before an earlier re-arm, not since", Phase.REBOOTING, slots("a", "a", "boot-3", tries=1), Resume.REQUEST_REBOOT, attempt=attempt(tries_seen=1)),
+    ResumeCase("back on the old slot again after re-arming", Phase.REBOOTING, slots("a", "a", "boot-3"), Resume.ROLLED_BACK, attempt=attempt(rearms=1)),
+    ResumeCase("the guard rebooted the trial", Phase.REBOOTING, slots("a", "a", "boot-2", tries=0), Resume.ROLLED_BACK, guard_rebooted=True),
     ResumeCase("a reboot that was not ours, trial not armed", Phase.REBOOTING, slots("a", "a", "boot-2"), Resume.REQUEST_REBOOT, attempt=attempt(reboot_requested=False)),
     ResumeCase("not ours, but the armed slot booted (RAUC-like)", Phase.REBOOTING, slots("b", "a", "boot-2"), Resume.COMMIT, attempt=attempt(reboot_requested=False)),
     ResumeCase("crash during commit, still on trial", Phase.COMMITTING, slots("b", "a", "boot-2"), Resume.COMMIT),
     ResumeCase("crash after commit, before the journal", Phase.COMMITTING, slots("b", "b", "boot-2"), Resume.COMMIT),
     ResumeCase("commit journaled, completion not yet", Phase.COMMITTING, slots("b", "b", "boot-2"), Resume.COMPLETE, attempt=attempt(committed=True)),
-    ResumeCase("health failed, rolled back to old slot", Phase.COMMITTING, slots("a", "a", "boot-3"), Resume.ROLLED_BACK),
+    ResumeCase("health failed, rolled back to old slot", Phase.COMMITTING, slots("a", "a", "boot-3"), Resume.ROLLED_BACK, attempt=attempt(failure="gate failed")),
+    ResumeCase("cut during the gate, try-once fell back: try again", Phase.COMMITTING, slots("a", "a", "boot-3", tries=1), Resume.REQUEST_REBOOT),
+    # RAUC: armed at install, trial invisible, a failed install disarms its target by itself
+    ResumeCase("RAUC: cut after install, rebooted into the new slot", Phase.INSTALLING, slots("b", "b", "boot-2", versions=("1.0.0", "1.1.0")), Resume.INSTALLED_BOOTED, attempt=attempt(target_slot=None), traits=RAUC),
+    ResumeCase("RAUC: cut after install, no reboot yet", Phase.INSTALLING, slots("a", "b", versions=("1.0.0", "1.1.0"), pending="b"), Resume.INSTALLED, attempt=attempt(target_slot=None), traits=RAUC),
+    ResumeCase("RAUC: cut mid-install", Phase.INSTALLING, slots("a", "a", versions=("1.0.0", None)), Resume.ABANDON_INSTALL, attempt=attempt(target_slot=None), traits=RAUC),
+    ResumeCase("RAUC: booted == primary on trial", Phase.REBOOTING, slots("b", "b", "boot-2", versions=("1.0.0", "1.1.0")), Resume.COMMIT, traits=RAUC),
+    ResumeCase("RAUC: bootloader fell back", Phase.REBOOTING, slots("a", "a", "boot-2", versions=("1.0.0", "1.1.0")), Resume.ROLLED_BACK, traits=RAUC),
+    ResumeCase("RAUC: new boot, slot still armed", Phase.REBOOTING, slots("a", "b", "boot-2", pending="b"), Resume.REQUEST_REBOOT, traits=RAUC),
     ResumeCase("tool reports trial explicitly (RAUC-like)", Phase.REBOOTING, slots("b", "b", "boot-2", trial=True), Resume.COMMIT),
     ResumeCase("in-flight phase without attempt", Phase.INSTALLING, slots("a", "a"), Resume.NOTHING, attempt=None),
 ]
@@ -76,7 +111,7 @@ RESUME_CASES = [
 def test_resume_action(case: ResumeCase) -> None:
     """Each journal phase with each slot situation leads to exactly one documented action."""
     journal = JournalData(phase=case.phase, attempt=case.attempt)
-    assert resume_action(journal, case.info, reboot_policy=case.policy) is case.expected
+    assert resume_action(journal, case.info, reboot_policy=case.policy, traits=case.traits, guard_rebooted=case.guard_rebooted) is case.expected
 
 
 def pinned(version: str, *, system: str | None = None) -> PinnedVersion:

@@ -11,6 +11,8 @@ from typing import Any
 from ota_daemon.clock import Clock
 from ota_daemon.config import Config
 from ota_daemon.download import Downloader
+from ota_daemon.effects import effect
+from ota_daemon.engine.seam import seamed
 from ota_daemon.engine.util import _quarantine_list
 from ota_daemon.errors import UpdateFailed
 from ota_daemon.health import HealthGate
@@ -39,6 +41,10 @@ class EngineBase:
     effective: Config | None = None
     _overlay_flags: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # every installer call with an effect is a cut point (ota_daemon.effects)
+        self.installer = seamed(self.installer)
+
     def _loop_guard(self, phase: Phase, count: int) -> None:
         limit = self.config.policy.max_phase_entries
         if count > limit:
@@ -47,7 +53,6 @@ class EngineBase:
                 f"after policy.max_phase_entries = {limit}",
                 phase=phase.value,
             )
-
 
     def _quarantine(self, attempt: Attempt, reason: str) -> None:
         data = self.journal.data
@@ -79,11 +84,11 @@ class EngineBase:
         if defer:
             if since is None:
                 self.journal.data.deferred_since[key] = self.clock.now()
-                self.journal.save()
+                self.journal.save("deferral")
             return reason
         if since is not None:
             del self.journal.data.deferred_since[key]
-            self.journal.save()
+            self.journal.save("deferral")
         if state.for_(what).inhibited:  # past policy.max_deferral: proceeding, say so
             await self.telemetry.emit(Event.WARNING, reason, what=what)
         return None
@@ -94,10 +99,10 @@ class EngineBase:
         now = self.clock.now()
         since = self.journal.data.deferred_since.setdefault(key, now)
         if since == now:
-            self.journal.save()
+            self.journal.save("deferral")
         if now - since >= config.policy.max_deferral:
             del self.journal.data.deferred_since[key]
-            self.journal.save()
+            self.journal.save("deferral")
             await self.telemetry.emit(Event.WARNING, f"{reason}; deferred past policy.max_deferral: proceeding anyway", what=what)
             return None
         return reason
@@ -125,11 +130,12 @@ class EngineBase:
         elif changes:
             for key, value in changes.items():
                 setattr(self.journal.data, key, value)
-            self.journal.save()
+            self.journal.save("outcome")
 
     def _clean_cache(self, keep: Path | None = None) -> None:
         """The download cache holds at most ``keep`` (the pinned target's image) and its partial."""
-        self.downloader.prune(self.config.cache_dir, keep=keep)
+        with effect("cache.clean"):
+            self.downloader.prune(self.config.cache_dir, keep=keep)
 
     async def _note_committed(self, version: str) -> None:
         """Tell a hub that keeps a rollback floor (signed release counters) what runs committed."""

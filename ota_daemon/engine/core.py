@@ -15,12 +15,12 @@ from ota_daemon.engine.resume import PostReboot
 from ota_daemon.engine.util import (
     _agent,
     _config_view,
-    _peek_sim_header,
     _quarantine_list,
     _sha256_file,
     _target_summary,
 )
 from ota_daemon.errors import ConfigError, HubError, NoSpace, TransientError, UpdateFailed
+from ota_daemon.installers.base import ImageFacts
 from ota_daemon.model import Asset, PinnedVersion, SourceKind, VersionDocument
 from ota_daemon.state import Phase
 from ota_daemon.telemetry import Event, State
@@ -36,7 +36,7 @@ class Engine(PostReboot):
         spooled), and the status published is complete — with what the hub's status has before
         anything is known, and on the first start the status found there (the replaced
         script's) carried over."""
-        self.telemetry.defaults = {"config": _config_view(self.config, self.config), "currentVersion": system_identity(self.config)[1] or "unknown"}
+        self.telemetry.defaults = {"config": _config_view(self.config, self.installer), "currentVersion": system_identity(self.config)[1] or "unknown"}
         await self.telemetry.adopt()
         try:
             yield
@@ -157,8 +157,14 @@ class Engine(PostReboot):
             if not sha256:
                 raise UpdateFailed("installing from a URL needs --sha256 (and the size is taken from the server)")
             digest, size, url = sha256, -1, source
-        header_version, header_name = _peek_sim_header(path) if path else (None, None)
-        target_version = version or header_version or f"local-{digest[:12]}"
+        # the version: the image's own (RAUC manifest, sw-description, simulator header), else
+        # the flag; else a placeholder the commit does not compare with the running version
+        facts = await self.installer.image_facts(path) if path else ImageFacts()
+        header_name = facts.system
+        target_version = facts.version or version or f"local-{digest[:12]}"
+        if facts.version and version and facts.version != version:
+            raise UpdateFailed(f"{source}: the image says version {facts.version}, --image-version says {version}")
+        version_known = bool(facts.version or version)
         if size < 0:
             size = await self._probe_size(url)
         asset = Asset(filename=(path.name if path else "image"), size=size, digest=f"sha256_{digest}", url=url)
@@ -168,7 +174,7 @@ class Engine(PostReboot):
         target = PinnedVersion(path="local", document=document, version=target_version, image=asset, version_source="local", system_name=header_name)
         if header_name and name and header_name != name:
             raise UpdateFailed(f"{source}: image is for system {header_name!r}, this is {name!r}")
-        return await self._install(target, document, info, current, self.config, source_kind="local")
+        return await self._install(target, document, info, current, self.config, source_kind="local", version_known=version_known)
 
     async def commit_now(self, *, run_health: bool = False) -> PassResult:
         """``ota-daemon commit``: commit the booted trial slot (health gate only when asked)."""
@@ -205,7 +211,7 @@ class Engine(PostReboot):
         if data.phase is not Phase.REBOOTING or attempt is None or info.booted == attempt.target_slot:
             return PassResult(Result.UP_TO_DATE, current, None, "no installed update waits for a reboot")
         attempt.reboot_requested = True
-        self.journal.save()
+        self.journal.save("reboot-requested")
         await self.telemetry.update_status(state=State.REBOOTING.value, phase=Phase.REBOOTING.value)
         await self.telemetry.emit(Event.REBOOTING, key=f"{attempt.id}:reboot:{info.boot_id}", targetVersion=attempt.target_version, by="operator")
         await self.telemetry.flush()
@@ -221,7 +227,7 @@ class Engine(PostReboot):
             self._forget_entries(version)
             had = True
         if had:
-            self.journal.save()
+            self.journal.save("quarantine-cleared")
             await self.telemetry.update_status(quarantined=_quarantine_list(data))
             await self.telemetry.emit(Event.WARNING, f"quarantine of {version} cleared by {by}", version=version)
         return had

@@ -13,7 +13,8 @@ from typing import Any
 from ota_daemon.config import PolicyConfig, Window
 from ota_daemon.errors import ConfigError
 from ota_daemon.model import PinnedVersion, SlotInfo, SourceKind
-from ota_daemon.state import JournalData, Phase
+from ota_daemon.state import Attempt, JournalData, Phase
+from ota_daemon.traits import TRAITS, InstallerTraits
 from ota_daemon.versions import check_downgrade
 
 # =========================================================================== results
@@ -71,8 +72,10 @@ class PassResult:
 class Resume(enum.StrEnum):
     NOTHING = "nothing"
     ABANDON_DOWNLOAD = "abandon_download"  # crashed while downloading: nothing touched; start over (resumes)
-    ABANDON_INSTALL = "abandon_install"  # crashed while writing the slot: disarm it, start over
-    REQUEST_REBOOT = "request_reboot"  # installed, the reboot has not happened yet
+    ABANDON_INSTALL = "abandon_install"  # crashed while writing the slot: disarm it (if needed), start over
+    INSTALLED = "installed"  # crashed after the install completed, before `rebooting` was journaled
+    INSTALLED_BOOTED = "installed_booted"  # ... and the armed slot booted since: go on to the commit
+    REQUEST_REBOOT = "request_reboot"  # installed, the reboot (or the arming) has not happened yet
     WAIT_REBOOT = "wait_reboot"  # installed, the policy says someone else reboots
     COMMIT = "commit"  # booted the target on trial: health gate, then commit
     COMPLETE = "complete"  # booted the target and it is committed already
@@ -80,9 +83,27 @@ class Resume(enum.StrEnum):
     ADOPT_TRIAL = "adopt_trial"  # no journal, but the booted slot is on trial: gate and commit it
 
 
-def resume_action(journal: JournalData, info: SlotInfo, *, reboot_policy: str) -> Resume:
-    """What a pass must finish before anything else, one case per phase."""
+def _holds_target(info: SlotInfo, slot: str, attempt: Attempt, traits: InstallerTraits) -> bool:
+    """Whether ``slot`` holds the attempt's image, completely written (the installer's facts)."""
+    version = info.version_of(slot)
+    if version is not None:
+        return version == attempt.target_version
+    # no version recorded: an installer that arms at install arms only a complete write
+    return traits.arms_at_install and (info.pending == slot or (info.booted == slot and not info.committed))
+
+
+def resume_action(
+    journal: JournalData,
+    info: SlotInfo,
+    *,
+    reboot_policy: str,
+    traits: InstallerTraits = TRAITS["simulated"],
+    guard_rebooted: bool = False,
+) -> Resume:
+    """What a pass must finish before anything else: the journal's phase plus the installer's
+    facts, read through its declared semantics (:mod:`ota_daemon.traits`)."""
     attempt = journal.attempt
+    wait_or_reboot = Resume.WAIT_REBOOT if reboot_policy == "manual" else Resume.REQUEST_REBOOT
     match journal.phase:
         case Phase.IDLE:
             # A trial boot nobody journaled (journal lost, or an install by hand): gate it like ours.
@@ -94,22 +115,42 @@ def resume_action(journal: JournalData, info: SlotInfo, *, reboot_policy: str) -
             # No slot was touched. The partial file stays in the cache and the next attempt resumes it.
             return Resume.ABANDON_DOWNLOAD
         case Phase.INSTALLING:
-            # The inactive slot may be half written: it must not boot. Start the install again.
+            # Cut while installing: ask the installer what the other slot now holds. An
+            # installer that arms at install may have finished (and the device rebooted into it).
+            target = info.other(attempt.from_slot)
+            if _holds_target(info, target, attempt, traits):
+                if info.booted == target:
+                    return Resume.INSTALLED_BOOTED
+                if info.pending == target or not traits.arms_at_install:
+                    return Resume.INSTALLED
             return Resume.ABANDON_INSTALL
-        case Phase.REBOOTING if attempt.boot_id == info.boot_id or (
-            not attempt.reboot_requested and info.booted != attempt.target_slot
-        ):
-            # Same boot as when the install finished, or a reboot that was not ours and did not
-            # try the new slot (tools that arm it only when we reboot): the trial is still to come.
-            if reboot_policy == "manual":
-                return Resume.WAIT_REBOOT
-            return Resume.REQUEST_REBOOT
+        case Phase.REBOOTING if attempt.boot_id == info.boot_id:
+            # Same boot as when the install finished: the trial is still to come.
+            return wait_or_reboot
         case Phase.REBOOTING | Phase.COMMITTING if info.booted == attempt.target_slot:
             # Running the new slot: gate and commit (idempotent) unless our commit went through
             # already. Not from info.committed: RAUC cannot tell a trial boot from a good one.
             return Resume.COMPLETE if attempt.committed else Resume.COMMIT
         case Phase.REBOOTING | Phase.COMMITTING:
-            # Rebooted, but the old slot runs: the bootloader fell back, or we rolled back.
+            # A new boot, on the old slot. A failed gate or the guard's reboot is a rollback.
+            if attempt.failure or guard_rebooted:
+                return Resume.ROLLED_BACK
+            if traits.arms_at_install:
+                # armed by the install: any reboot tries it, unless the slot is still armed
+                return wait_or_reboot if info.pending == attempt.target_slot else Resume.ROLLED_BACK
+            if journal.phase is Phase.COMMITTING:
+                # the new system ran the daemon and was cut before the gate's verdict: try again
+                # (bounded by the loop guard)
+                return Resume.REQUEST_REBOOT
+            if not attempt.reboot_requested:
+                # a reboot that was not ours: the try-boot was never armed
+                return wait_or_reboot
+            tries = info.slots[attempt.target_slot].tries if attempt.target_slot in info.slots else None
+            tried = None if tries is None else tries > (attempt.tries_seen or 0)
+            if tried is False or (tried is None and attempt.rearms < 1):
+                # the reboot was journaled but the try-boot never happened (cut before arming);
+                # a tool that does not count tries gets one more arming before it is a rollback
+                return Resume.REQUEST_REBOOT
             return Resume.ROLLED_BACK
     return Resume.NOTHING  # pragma: no cover - every phase is matched above
 

@@ -13,9 +13,10 @@ import structlog
 
 from ota_daemon.config import OVERLAY_FLAGS, Config, apply_overlay
 from ota_daemon.download import local_path
+from ota_daemon.effects import effect
 from ota_daemon.engine.decisions import PassResult, Result, choose_mode, in_windows
 from ota_daemon.engine.endings import Endings
-from ota_daemon.engine.util import _bundle_hash, _config_view, _target_summary
+from ota_daemon.engine.util import _config_view, _target_summary
 from ota_daemon.errors import HubError, NoSpace, OtaError, TransientError, UpdateFailed
 from ota_daemon.hooks import HookDecision, HookPoint
 from ota_daemon.model import (
@@ -120,7 +121,8 @@ class InstallHalf(Endings):
         if not isinstance(build, dict):
             raise HubError(f"{asset.filename}: expected a JSON object")
         cached = {asset.digest: build, **dict(list(cached.items())[:15])}
-        atomic_write(cache, json.dumps(cached).encode())
+        with effect("cache.build-info"):
+            atomic_write(cache, json.dumps(cached).encode())
         return build
 
     # ------------------------------------------------------------------ the install half
@@ -148,7 +150,7 @@ class InstallHalf(Endings):
         for problem in problems:
             await self._warn_once(f"overlay:{problem}", problem)
         self.effective = config
-        await self.telemetry.update_status(config=_config_view(config, self.config))
+        await self.telemetry.update_status(config=_config_view(config, self.installer))
         return config
 
     def _url_provider(self, document: VersionDocument, asset: Asset) -> Callable[[], Awaitable[str]]:
@@ -192,7 +194,12 @@ class InstallHalf(Endings):
         config: Config,
         *,
         source_kind: str = "hub",
+        version_known: bool = True,
     ) -> PassResult:
+        try:
+            bundle_hash = self.installer.bundle_hash(target.image.metadata)
+        except HubError as exc:
+            raise HubError(f"asset {target.image.filename!r}: {exc}") from None
         attempt = Attempt(
             id=new_attempt_id(),
             target_version=target.version,
@@ -202,11 +209,11 @@ class InstallHalf(Endings):
             from_version=current,
             from_slot=info.booted,
             started_at=self.clock.now(),
-            bundle_hash=_bundle_hash(target.image) if config.installer.kind == "rugix" and config.installer.rugix.use_bundle_hash else None,
+            bundle_hash=bundle_hash,
             source=source_kind,
+            other_version=info.version_of(info.other(info.booted)),
+            version_known=version_known,
         )
-        if config.installer.kind == "rugix" and config.installer.rugix.use_bundle_hash and not attempt.bundle_hash:
-            raise HubError(f"asset {target.image.filename!r} has no metadata.rugix.bundleHash, and installer.rugix.use_bundle_hash is set")
         structlog.contextvars.bind_contextvars(attempt_id=attempt.id)
         report = await self._hooks(HookPoint.PRE_INSTALL, attempt, current, info.booted, info.other(info.booted))
         if report.decision is HookDecision.DEFER:
@@ -251,9 +258,8 @@ class InstallHalf(Endings):
             try:
                 outcome = await self.installer.install(source, progress=self.telemetry.progress, version=target.version, bundle_hash=attempt.bundle_hash)
             except BaseException:
-                # whatever happened, the half-written slot must not boot
-                with contextlib.suppress(OtaError, OSError):
-                    await self.installer.mark_bad(info.other(info.booted))
+                # whatever happened, a half-written slot must not boot
+                await self._disarm_failed_target(attempt, info)
                 raise
         except TransientError as exc:
             # nothing counted against the version: the next pass resumes (partial download kept);
@@ -279,6 +285,22 @@ class InstallHalf(Endings):
         self.journal.transition(Phase.REBOOTING, attempt=attempt)
         await self._hooks(HookPoint.POST_INSTALL, attempt, current, attempt.from_slot, attempt.target_slot)
         return await self._reboot(attempt, current, config)
+
+    async def _disarm_failed_target(self, attempt: Attempt, info: SlotInfo) -> None:
+        """After a failed or cut install: the target must not boot. Not when the installer
+        disarms it by itself (its declaration), nor when the slot still holds what it held
+        before the attempt (nothing was written: it may be the committed fallback), and never
+        the booted slot."""
+        if self.installer.traits.disarms_failed_target:
+            return
+        with contextlib.suppress(OtaError, OSError):
+            now = await self.installer.slot_info()
+            target = now.other(attempt.from_slot)
+            if target == now.booted:
+                return
+            if attempt.other_version is not None and now.version_of(target) == attempt.other_version:
+                return
+            await self.installer.mark_bad(target)
 
     async def _reboot_gate(self, attempt: Attempt, current: str, config: Config) -> PassResult | None:
         """Policy, inhibitors and pre-reboot hooks: a REBOOT_PENDING result when the reboot must wait."""
@@ -306,8 +328,13 @@ class InstallHalf(Endings):
             waiting = await self._reboot_gate(attempt, current, config)
             if waiting is not None:
                 return waiting
+        if attempt.target_slot is not None:
+            # how often the bootloader tried the slot so far: after the reboot, more means it ran
+            with contextlib.suppress(OtaError):
+                state = (await self.installer.slot_info()).slots.get(attempt.target_slot)
+                attempt.tries_seen = state.tries if state else None
         attempt.reboot_requested = True
-        self.journal.save()
+        self.journal.save("reboot-requested")
         # the state stays `installing` through an immediate reboot: one status write less,
         # and the next pass reports the outcome (`rebooting` is for a reboot that waits)
         await self.telemetry.update_status(phase=Phase.REBOOTING.value, progress=100)

@@ -20,8 +20,14 @@ class PostReboot(InstallHalf):
 
     # ------------------------------------------------------------------ the post-reboot half
     async def _resume(self, data: JournalData, info: SlotInfo, current: str, *, dry_run: bool) -> PassResult | None:
-        action = resume_action(data, info, reboot_policy=(self.effective or self.config).policy.reboot)
         attempt = data.attempt
+        action = resume_action(
+            data,
+            info,
+            reboot_policy=(self.effective or self.config).policy.reboot,
+            traits=self.installer.traits,
+            guard_rebooted=attempt is not None and self._guard_reason(attempt) is not None,
+        )
         if action is Resume.NOTHING:
             return None
         if dry_run and action not in (Resume.WAIT_REBOOT,):
@@ -33,11 +39,27 @@ class PostReboot(InstallHalf):
                 return None
             case Resume.ABANDON_INSTALL:
                 assert attempt is not None
-                with contextlib.suppress(OtaError):
-                    await self.installer.mark_bad(info.other(attempt.from_slot))
+                await self._disarm_failed_target(attempt, info)
                 # the next try goes through the loop guard; keep the count
                 self._end_attempt()
                 return None
+            case Resume.INSTALLED | Resume.INSTALLED_BOOTED:
+                # the install completed before the cut; the journal did not learn it
+                assert attempt is not None
+                attempt.target_slot = info.other(attempt.from_slot)
+                attempt.boot_id = info.boot_id if action is Resume.INSTALLED else None
+                self.journal.transition(Phase.REBOOTING, attempt=attempt)
+                await self.telemetry.emit(
+                    Event.WARNING,
+                    f"slot {attempt.target_slot} holds {attempt.target_version}, installed before a power cut; continuing from there",
+                    key=f"{attempt.id}:installed-before-cut",
+                )
+                if action is Resume.INSTALLED_BOOTED:
+                    return await self._commit(attempt, info, current)
+                config = self.effective or self.config
+                if config.policy.reboot == "manual":
+                    return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"{attempt.target_version} installed in slot {attempt.target_slot}; waiting for a reboot")
+                return await self._reboot(attempt, current, config)
             case Resume.WAIT_REBOOT:
                 assert attempt is not None
                 return PassResult(Result.REBOOT_PENDING, current, attempt.target_version, f"{attempt.target_version} installed in slot {attempt.target_slot}; waiting for a reboot")
@@ -47,7 +69,12 @@ class PostReboot(InstallHalf):
                 waiting = await self._reboot_gate(attempt, current, config)
                 if waiting is not None:
                     return waiting  # a deferred reboot is no crash loop: not counted
-                count = self.journal.transition(Phase.REBOOTING)
+                if attempt.boot_id != info.boot_id and attempt.reboot_requested:
+                    # a new boot that did not try the slot: arm it again (asked for afresh below)
+                    attempt.rearms += 1
+                    attempt.reboot_requested = False
+                attempt.boot_id = info.boot_id
+                count = self.journal.transition(Phase.REBOOTING, attempt=attempt)
                 if count > self.config.policy.max_phase_entries + 1:
                     return await self._failed(attempt, f"the reboot into slot {attempt.target_slot} was requested {count - 1} times and never happened", current)
                 return await self._reboot(attempt, current, config, gated=True)
@@ -90,7 +117,7 @@ class PostReboot(InstallHalf):
         await self.telemetry.emit(Event.COMMITTING, key=f"{attempt.id}:committing", activeGroup=info.booted, defaultGroup=info.primary)
         try:
             self._loop_guard(Phase.COMMITTING, count)
-            if attempt.source != "adopted" and current != attempt.target_version and not self.config.system.version:
+            if attempt.source != "adopted" and attempt.version_known and current != attempt.target_version and not self.config.system.version:
                 raise HealthCheckFailed(
                     f"the new slot runs version {current}, expected {attempt.target_version}", check="version"
                 )
@@ -98,11 +125,11 @@ class PostReboot(InstallHalf):
                 await self.health.run()
             await self.installer.commit()
             attempt.committed = True
-            self.journal.save()
+            self.journal.save("committed")
         except UpdateFailed as exc:
             check = exc.check if isinstance(exc, HealthCheckFailed) else None
             attempt.failure = str(exc)
-            self.journal.save()
+            self.journal.save("failure")
             await self.telemetry.emit(Event.HEALTH_CHECK_FAILED if check else Event.FAILED, str(exc), key=f"{attempt.id}:gate", check=check, error=str(exc), output=exc.detail)
             with contextlib.suppress(OtaError):
                 await self.installer.mark_bad(info.booted)

@@ -7,17 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.config import Config
-from ota_daemon.model import Asset, PinnedVersion
+from ota_daemon.installers.base import Installer
+from ota_daemon.model import PinnedVersion
 from ota_daemon.state import JournalData
 
 # =========================================================================== small helpers
-
-
-def _bundle_hash(asset: Asset) -> str | None:
-    rugix = asset.metadata.get("rugix")
-    if isinstance(rugix, dict) and isinstance(rugix.get("bundleHash"), str):
-        return str(rugix["bundleHash"])
-    return None
 
 
 def _target_summary(target: PinnedVersion) -> dict[str, Any]:
@@ -30,13 +24,11 @@ def _target_summary(target: PinnedVersion) -> dict[str, Any]:
     }
 
 
-def _config_view(config: Config, local: Config) -> dict[str, Any]:
-    """The status document's ``config``: the effective path (and, with Rugix, the local-only
-    ``useBundleHash``), as the script published its merged config."""
-    view: dict[str, Any] = {"path": config.hub.path}
-    if local.installer.kind == "rugix":
-        view["rugix"] = {"useBundleHash": local.installer.rugix.use_bundle_hash}
-    return view
+def _config_view(config: Config, installer: Installer) -> dict[str, Any]:
+    """The status document's ``config``: the effective path, plus what the installer publishes
+    of its own settings (Rugix: the local-only ``useBundleHash``), as the script published its
+    merged config."""
+    return {"path": config.hub.path, **installer.hub_config()}
 
 
 def _quarantine_list(data: JournalData) -> list[dict[str, Any]]:
@@ -66,18 +58,3 @@ async def _sha256_file(path: Path) -> str:
         return h.hexdigest()
 
     return await asyncio.to_thread(run)
-
-
-def _peek_sim_header(path: Path) -> tuple[str | None, str | None]:
-    from ota_daemon.installers.simulated import parse_header
-
-    try:
-        with open(path, "rb") as fh:
-            header = parse_header(fh.read(4096))
-    except OSError:
-        return None, None
-    if not header:
-        return None, None
-    version = header.get("version")
-    name = header.get("name")
-    return (str(version) if version else None), (str(name) if name else None)

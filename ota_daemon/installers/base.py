@@ -15,17 +15,28 @@ commit                  :meth:`Installer.commit` (only when booted into the targ
 rollback                :meth:`Installer.mark_bad` then :meth:`Installer.reboot`
 cleanup                 the engine (cache, journal)
 ======================  ==================================================
+
+Each installer also *declares* its tool's semantics in ``traits``
+(:class:`~ota_daemon.traits.InstallerTraits`: when the new slot is armed, whether a trial boot
+is visible, whether a failed install already disarms its target, where versions come from).
+The engine and ``ota-daemon-guard`` decide from the journal plus these declarations, never
+from the installer's name. :meth:`Installer.image_facts` reads the version (and system) of a
+local image the way the tool would; :meth:`Installer.bundle_hash` takes the installer's own
+check value from an asset's metadata; :meth:`Installer.hub_config` is what the installer
+publishes in the status's ``config``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ota_daemon.errors import InstallerError, OtaError
 from ota_daemon.model import InstallSource, ProgressCallback, SlotInfo, SourceKind
+from ota_daemon.traits import InstallerTraits
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,14 @@ class InstallOutcome:
     version: str | None = None
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    """What an image file says about itself (``None``: the installer cannot read it)."""
+
+    version: str | None = None
+    system: str | None = None
+
+
 @runtime_checkable
 class Installer(Protocol):
     kind: ClassVar[str]
@@ -42,6 +61,8 @@ class Installer(Protocol):
     image_ext: ClassVar[str]
     #: what :meth:`install` accepts
     source_kinds: frozenset[SourceKind]
+    #: the tool's semantics, declared (:mod:`ota_daemon.traits`)
+    traits: ClassVar[InstallerTraits]
 
     async def slot_info(self) -> SlotInfo:
         """Booted slot, primary slot, per-slot version where known, boot id."""
@@ -68,6 +89,21 @@ class Installer(Protocol):
 
     async def mark_bad(self, slot: str) -> None:
         """``slot`` must not boot again: the other slot stays (or becomes) the boot target."""
+        ...
+
+    async def image_facts(self, path: Path) -> ImageFacts:
+        """Version and system name of the image file ``path``, as far as the tool can tell."""
+        ...
+
+    def bundle_hash(self, metadata: Mapping[str, Any]) -> str | None:
+        """The installer's check value for an image from its asset's metadata (or None).
+
+        Raises :class:`~ota_daemon.errors.HubError` when the configuration demands one and
+        the metadata has none."""
+        ...
+
+    def hub_config(self) -> dict[str, Any]:
+        """Installer settings for the ``config`` field of the status document."""
         ...
 
     async def aclose(self) -> None: ...

@@ -45,7 +45,7 @@ import asyncio
 import contextlib
 import enum
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.errors import InstallerError
 from ota_daemon.faults import fault_threshold
-from ota_daemon.installers.base import InstallOutcome, map_installer_errors, tail
+from ota_daemon.installers.base import ImageFacts, InstallOutcome, map_installer_errors, tail
 from ota_daemon.model import (
     FileSource,
     InstallSource,
@@ -66,6 +66,7 @@ from ota_daemon.model import (
     report_progress,
 )
 from ota_daemon.redact import redact_text, redact_url
+from ota_daemon.traits import TRAITS, InstallerTraits
 
 if TYPE_CHECKING:
     from dbus_fast import Message
@@ -250,6 +251,7 @@ class RaucInstaller:
 
     kind: ClassVar[str] = "rauc"
     image_ext: ClassVar[str] = "raucb"
+    traits: ClassVar[InstallerTraits] = TRAITS["rauc"]
 
     def __init__(
         self,
@@ -539,6 +541,21 @@ class RaucInstaller:
                 )
             partner = sorted(partners, key=lambda s: (s.boot_status == "bad", s.name))[0]
             await self._call("Mark", "ss", ["active", partner.name], phase=phase)
+
+    async def image_facts(self, path: Path) -> ImageFacts:
+        """The manifest's ``version`` of a bundle, as RAUC reads it (``Info``: compatible, version)."""
+        phase = "inspecting"
+        await self._wait_idle(phase)
+        with map_installer_errors(BACKEND, phase):
+            _compatible, version = await self._call("Info", "s", [str(Path(path).absolute())], phase=phase)
+        text = str(_plain(version) or "")
+        return ImageFacts(version=text or None)
+
+    def bundle_hash(self, metadata: Mapping[str, Any]) -> str | None:
+        return None
+
+    def hub_config(self) -> dict[str, Any]:
+        return {}
 
     async def aclose(self) -> None:
         bus, self._bus = self._bus, None

@@ -45,15 +45,15 @@ import json
 import math
 import re
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import structlog
 
 from ota_daemon.clock import Clock, SystemClock
-from ota_daemon.errors import InstallerError
-from ota_daemon.installers.base import InstallOutcome, map_installer_errors, tail
+from ota_daemon.errors import HubError, InstallerError
+from ota_daemon.installers.base import ImageFacts, InstallOutcome, map_installer_errors, tail
 from ota_daemon.model import (
     FileSource,
     InstallSource,
@@ -67,6 +67,7 @@ from ota_daemon.model import (
     report_progress,
 )
 from ota_daemon.redact import redact_text, redact_url
+from ota_daemon.traits import TRAITS, InstallerTraits
 
 BACKEND = "rugix"
 DEFAULT_BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -194,6 +195,7 @@ class _Progress:
 class RugixInstaller:
     kind: ClassVar[str] = "rugix"
     image_ext: ClassVar[str] = "rugixb"
+    traits: ClassVar[InstallerTraits] = TRAITS["rugix"]
 
     def __init__(
         self,
@@ -424,6 +426,22 @@ class RugixInstaller:
         if self.mark_bad_command:
             await self._run(("boot", "mark-bad", slot), phase="rollback")
         log.info("rugix mark bad", slot=slot, command=self.mark_bad_command)
+
+    async def image_facts(self, path: Path) -> ImageFacts:
+        """Nothing: a Rugix bundle carries no version ``rugix-ctrl`` reports."""
+        return ImageFacts()
+
+    def bundle_hash(self, metadata: Mapping[str, Any]) -> str | None:
+        """``metadata.rugix.bundleHash`` of the asset, when ``use_bundle_hash`` is set."""
+        if not self.use_bundle_hash:
+            return None
+        rugix = metadata.get("rugix")
+        if isinstance(rugix, dict) and isinstance(rugix.get("bundleHash"), str) and rugix["bundleHash"]:
+            return str(rugix["bundleHash"])
+        raise HubError("the asset has no metadata.rugix.bundleHash, and installer.rugix.use_bundle_hash is set")
+
+    def hub_config(self) -> dict[str, Any]:
+        return {"rugix": {"useBundleHash": self.use_bundle_hash}}
 
     async def aclose(self) -> None:
         return None

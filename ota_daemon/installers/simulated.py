@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.errors import InstallerError
 from ota_daemon.faults import fault_threshold
-from ota_daemon.installers.base import InstallOutcome
+from ota_daemon.installers.base import ImageFacts, InstallOutcome
 from ota_daemon.model import (
     FileSource,
     InstallSource,
@@ -42,6 +42,7 @@ from ota_daemon.model import (
     report_progress,
 )
 from ota_daemon.state import atomic_write
+from ota_daemon.traits import TRAITS, InstallerTraits
 
 SLOTS = ("a", "b")
 HEADER_MAGIC = b'{"simImage"'
@@ -162,6 +163,9 @@ class SimulatedDevice:
             tried = None
         state["try_next"] = None
         state["booted"] = booted
+        if tried:
+            slot_state = state["slots"][booted]
+            slot_state["tries"] = int(slot_state.get("tries", 0)) + 1
         state["boot_count"] = int(state.get("boot_count", 0)) + 1
         state["reboot_requested"] = False
         state["history"] = ([*state.get("history", []), {"boot": state["boot_count"], "slot": booted, "try": bool(tried)}])[-50:]
@@ -180,6 +184,7 @@ class SimulatedDevice:
                 version=s.get("version"),
                 bootable=not s.get("bad", False),
                 good=(name == state["default"]) if not s.get("bad") else False,
+                tries=int(s.get("tries", 0)),
             )
             for name, s in state["slots"].items()
         }
@@ -198,6 +203,7 @@ class SimulatedDevice:
 class SimulatedInstaller:
     kind: ClassVar[str] = "simulated"
     image_ext: ClassVar[str] = "img"
+    traits: ClassVar[InstallerTraits] = TRAITS["simulated"]
 
     def __init__(self, device: SimulatedDevice, *, on_reboot: str = "apply", chunk: int = 1 << 20, clock: Clock | None = None) -> None:
         self.device = device
@@ -311,6 +317,21 @@ class SimulatedInstaller:
         if state["default"] == slot:
             state["default"] = next(s for s in SLOTS if s != slot)
         self.device.write(state)
+
+    async def image_facts(self, path: Path) -> ImageFacts:
+        try:
+            with open(path, "rb") as fh:
+                header = parse_header(fh.read(4096)) or {}
+        except OSError:
+            return ImageFacts()
+        version, name = header.get("version"), header.get("name")
+        return ImageFacts(version=str(version) if version else None, system=str(name) if name else None)
+
+    def bundle_hash(self, metadata: Mapping[str, Any]) -> str | None:
+        return None
+
+    def hub_config(self) -> dict[str, Any]:
+        return {}
 
     async def aclose(self) -> None:
         return None

@@ -59,7 +59,7 @@ import shutil
 import signal
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,7 +68,7 @@ import structlog
 
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.errors import InstallerError
-from ota_daemon.installers.base import InstallOutcome, map_installer_errors, tail
+from ota_daemon.installers.base import ImageFacts, InstallOutcome, map_installer_errors, tail
 from ota_daemon.model import (
     FileSource,
     InstallSource,
@@ -83,6 +83,7 @@ from ota_daemon.model import (
 )
 from ota_daemon.redact import redact_text, redact_url
 from ota_daemon.state import atomic_write
+from ota_daemon.traits import TRAITS, InstallerTraits
 
 log = structlog.get_logger("ota_daemon.installers.swupdate")
 
@@ -348,6 +349,7 @@ class _Run:
 class SwupdateInstaller:
     kind: ClassVar[str] = "swupdate"
     image_ext: ClassVar[str] = "swu"
+    traits: ClassVar[InstallerTraits] = TRAITS["swupdate"]
 
     def __init__(
         self,
@@ -841,6 +843,16 @@ class SwupdateInstaller:
                 returncode=run.returncode,
                 stderr_tail=tail(run.stderr or run.stdout),
             )
+
+    async def image_facts(self, path: Path) -> ImageFacts:
+        """The ``version`` of the .swu's sw-description."""
+        return ImageFacts(version=await asyncio.to_thread(read_swu_version, path))
+
+    def bundle_hash(self, metadata: Mapping[str, Any]) -> str | None:
+        return None
+
+    def hub_config(self) -> dict[str, Any]:
+        return {}
 
     async def aclose(self) -> None:
         return None

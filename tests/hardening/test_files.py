@@ -69,7 +69,7 @@ async def test_journal_and_telemetry_create_private_state(tmp_path: Path, open_u
     and spool.jsonl are 0600 (status.json is 0644 on purpose, inside the private directory)."""
     journal = Journal(tmp_path / "j")
     journal.load()
-    journal.save()
+    journal.save("outcome")
     assert mode(journal.dir) == 0o700 and mode(journal.path) == 0o600
 
     class Hub:
@@ -145,7 +145,7 @@ def test_journal_save_does_not_write_through_a_hard_link_at_its_temp_name(
     journal = Journal(tmp_path / "state")
     journal.load()
     os.link(victim, journal.path.with_name(f".journal.json.{os.getpid()}.tmp"))
-    journal.save()
+    journal.save("outcome")
     assert victim.read_bytes() == SECRET
 
 
@@ -157,7 +157,7 @@ def test_journal_saved_over_a_link_replaces_the_link(tmp_path: Path, victim: Pat
     journal.path.symlink_to(victim)
     journal.load()
     assert journal.recovered_from is not None
-    journal.save()
+    journal.save("outcome")
     assert victim.read_bytes() == SECRET and not journal.path.is_symlink()
 
 

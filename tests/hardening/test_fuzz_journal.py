@@ -85,7 +85,7 @@ def test_journal_load_gives_a_journal_or_moves_the_file_aside(state_dir: Path, r
         assert data == JournalData()
     else:
         assert journal.path.read_bytes() == raw and not aside.exists()
-    journal.save()
+    journal.save("outcome")
     again = Journal(state_dir)
     assert again.load() == journal.data and again.recovered_from is None
 

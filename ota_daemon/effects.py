@@ -1,0 +1,174 @@
+"""The side-effect seam: every effect the daemon has outside its process passes through here.
+
+An *effect* is one action whose result outlives the process: a journal write, an installer
+call, a write to the hub, a file written or removed in the cache, spool or state directory.
+Each has a name from :data:`EFFECTS` (the registry, enumerated from the code like
+``state.TRANSITIONS``) and two *cut points* around it: ``before:<name>`` (the effect has not
+happened) and ``after:<name>`` (it has happened, nothing after it has). A power cut at a cut
+point is the worst case of a cut anywhere between two effects, so a test that cuts at every
+point of :func:`cut_points` covers every instant. ``tests/test_cut_points.py`` fails when a
+point is reached by no scenario, so a new effect cannot go untested.
+
+Code marks an effect with the context manager::
+
+    with effect("installer.install"):
+        await installer.install(...)
+
+An effect's name must be in :data:`EFFECTS` (a typo raises at once). Journal writes are named
+by :mod:`ota_daemon.state`: ``journal:<from>-><to>`` for a transition and ``journal:<why>``
+for the other writes (``state.JOURNAL_SAVES``).
+
+Two ways to cut power
+---------------------
+
+**In-process** (the deterministic simulator, :func:`set_hook`): a hook ``hook(point) -> None``
+is called at every point reached, in order — ``before:<name>``/``after:<name>``, the
+progress points ``install:<percent>`` and ``download:<bytes>``, and the legacy
+``journal:<phase>``/``journal:<from>-><to>`` after each transition. It may record the point,
+or raise :class:`PowerCut` to cut the power there. ``PowerCut`` derives from
+``BaseException``, so no ``except Exception`` of the daemon swallows it. From the cut on the
+power stays off: every later point raises ``PowerCut`` again without calling the hook, so
+cleanup code on the way out (``finally``, ``except BaseException``) cannot have an effect.
+:func:`power_on` (or ``set_hook(None)``) turns it back on — the simulator then "reboots" its
+device model and starts a fresh engine. :func:`hooked` is the context-manager form::
+
+    def hook(point: str) -> None:
+        if point == "after:installer.install":
+            raise effects.PowerCut(point)
+
+    with effects.hooked(hook):
+        with contextlib.suppress(effects.PowerCut):
+            await engine.reconcile()
+
+The hook is process-global (not per task): run one simulated device per process at a time.
+
+**Subprocess** (the crash tests): every point also reaches :mod:`ota_daemon.faults`, where
+``OTA_DAEMON_FAULTS`` names a file holding a JSON list of point names; reaching a listed point
+removes it from the file (it fires once) and kills the process with SIGKILL. Progress points
+fire when ``<prefix>:<n>`` is armed with ``n`` at or below the value reached. (The device
+simulator, ``ota_daemon.devsim``, routes ``faults`` into its own world the same way, so it
+sees the ``before:``/``after:`` points too.) Without the variable and without a hook a point
+costs a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from ota_daemon import faults
+from ota_daemon.state import JOURNAL_SAVES, TRANSITIONS
+
+#: every effect outside the process, by name (journal writes come from ``state``)
+EFFECTS: frozenset[str] = frozenset(
+    {
+        # the journal (state.py): transitions and the other writes
+        *(f"journal:{a.value}->{b.value}" for a, b in TRANSITIONS),
+        *(f"journal:{why}" for why in JOURNAL_SAVES),
+        # installer calls (the engine's InstallerSeam wraps every protocol method with one)
+        "installer.install",  # before: install start; after: install completion
+        "installer.reboot",  # arms the try-boot where the installer arms at reboot, then reboots
+        "installer.commit",
+        "installer.mark_bad",
+        # telemetry: local files, the spool, the hub
+        "status.write",  # status.json
+        "status.published",  # hub-status.json: what the hub has
+        "status.hub-doc",  # the hub's status document as the daemon keeps it
+        "events.append",  # events.jsonl
+        "events.trim",
+        "spool.append",  # spool.jsonl (events for the hub, fsynced)
+        "spool.rewrite",  # what went to the hub is dropped from the spool
+        "spool.drop",
+        "hub.events",
+        "hub.status",
+        # the cache (the engine's part; the downloader's files are its own)
+        "cache.clean",
+        "cache.build-info",
+    }
+)
+
+#: progress points with a number: ``install:<percent>``, ``download:<bytes>``
+PROGRESS_POINTS: frozenset[str] = frozenset({"install", "download"})
+
+
+def cut_points() -> list[str]:
+    """Every cut point, sorted: ``before:<name>`` and ``after:<name>`` for each effect."""
+    return sorted(f"{side}:{name}" for name in EFFECTS for side in ("before", "after"))
+
+
+class PowerCut(BaseException):
+    """The power went off at a cut point (raised by an in-process hook)."""
+
+
+Hook = Callable[[str], None]
+_hook: Hook | None = None
+_off = False
+
+
+def set_hook(hook: Hook | None) -> None:
+    """Install (or remove, with ``None``) the in-process hook; the power is on afterwards."""
+    global _hook, _off
+    _hook = hook
+    _off = False
+
+
+def power_on() -> None:
+    """The power is back: points call the hook again."""
+    global _off
+    _off = False
+
+
+def power_is_off() -> bool:
+    return _off
+
+
+@contextlib.contextmanager
+def hooked(hook: Hook) -> Iterator[None]:
+    """:func:`set_hook` for the duration of a ``with`` block."""
+    previous = _hook
+    set_hook(hook)
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
+def reach(point: str) -> None:
+    """A point is reached: the hook may cut the power; an armed subprocess point kills."""
+    global _off
+    if _hook is not None:
+        if _off:
+            raise PowerCut(f"{point} (the power is off)")
+        try:
+            _hook(point)
+        except PowerCut:
+            _off = True
+            raise
+    faults.fault_point(point)
+
+
+def reach_progress(prefix: str, value: float) -> None:
+    """A progress point: ``<prefix>:<value>`` for the hook; fires an armed ``<prefix>:<n <= value>``."""
+    global _off
+    if _hook is not None:
+        if _off:
+            raise PowerCut(f"{prefix}:{value:g} (the power is off)")
+        try:
+            _hook(f"{prefix}:{value:g}")
+        except PowerCut:
+            _off = True
+            raise
+    faults.fault_threshold(prefix, value)
+
+
+@contextlib.contextmanager
+def effect(name: str) -> Iterator[None]:
+    """Mark the effect ``name``: cut points ``before:<name>`` and ``after:<name>`` around it.
+
+    When the body raises, the effect may or may not have happened: no ``after`` point.
+    """
+    if name not in EFFECTS:
+        raise ValueError(f"effect {name!r} is not in effects.EFFECTS; add it there (and a scenario that reaches it)")
+    reach(f"before:{name}")
+    yield
+    reach(f"after:{name}")

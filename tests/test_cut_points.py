@@ -1,0 +1,290 @@
+"""A power cut at every cut point of the side-effect seam, in-process, on the simulated device.
+
+The cut points are enumerated from the code (:func:`ota_daemon.effects.cut_points`: before and
+after every effect in ``effects.EFFECTS``). Each scenario below runs whole passes of the real
+engine on a simulated device with an injected clock; the in-process hook raises
+:class:`~ota_daemon.effects.PowerCut` at the chosen point, the device power-cycles (its
+bootloader decides what boots) and passes go on until the device settles. Then: one committed
+version (the one the scenario ends with), the journal idle, each ending reported once, no
+second install of what completed, no temporary file left. A point that no scenario reaches
+fails :func:`test_every_cut_point_is_reached`, so a new effect cannot go untested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ota_daemon import effects
+from ota_daemon.clock import FakeClock
+from ota_daemon.config import build_config
+from ota_daemon.download import Downloader
+from ota_daemon.engine import Engine, PassResult, Result
+from ota_daemon.errors import HubError, TransientError
+from ota_daemon.health import HealthGate
+from ota_daemon.hubs import get_hub
+from ota_daemon.installers import get_installer
+from ota_daemon.state import Journal, Phase
+from ota_daemon.telemetry import Telemetry
+from ota_daemon.testing import SimWorld
+
+
+class RefusingHub:
+    """A hub that refuses the first batch of events for good (the spool drops them)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.refuse = 1
+
+    async def publish_events(self, events: list[dict[str, Any]]) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise HubError("events refused: bad request")
+        await self.inner.publish_events(events)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class Scenario:
+    name: str
+    final_version: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[SimWorld, FakeClock], None] | None = None
+    #: after the first pass that settles, run this and keep going (e.g. ota-daemon retry)
+    then: Callable[[Engine], Any] | None = None
+    fail_trial_boot: bool = False
+    final_outcome: str = "completed"
+    refuse_events: bool = False
+    #: a power cut the scenario itself causes, before the one under test
+    own_cut: str | None = None
+    #: the scenario's own cut is a crash of the daemon alone: the device keeps running
+    own_cut_is_crash: bool = False
+    #: publish 1.1.0 built for another system, without build info (the installer refuses it)
+    foreign: bool = False
+
+
+def _corrupt(world: SimWorld, clock: FakeClock) -> None:
+    published = world.versions["1.1.0"]
+    image = next(a for a in published.document["assets"] if a["filename"].endswith(".img"))
+    blob = world.repo_dir / "fleet" / image["url"]
+    data = blob.read_bytes()
+    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+
+
+def _hook(world: SimWorld, point: str, body: str) -> None:
+    folder = world.root / "hooks.d" / point
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "10-test"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def _failing_pre_install(world: SimWorld, clock: FakeClock) -> None:
+    _hook(world, "pre-install", "exit 1")
+
+
+def _lease_on(what: str) -> Callable[[SimWorld, FakeClock], None]:
+    def prepare(world: SimWorld, clock: FakeClock) -> None:
+        directory = world.root / "inhibit.d"
+        directory.mkdir(exist_ok=True)
+        (directory / "app.json").write_text(
+            json.dumps({"pid": os.getpid(), "reason": "app is busy", "what": [what], "max_duration": 600, "created": clock.now()})
+        )
+
+    return prepare
+
+
+async def _retry(engine: Engine) -> None:
+    await engine.retry("1.1.0")
+
+
+FAILING_GATE = {"deadline": "1s", "interval": "1s", "checks": [{"kind": "command", "name": "app", "command": ["false"]}]}
+
+SCENARIOS = [
+    Scenario("update in file mode", "1.1.0"),
+    Scenario("update in stream mode", "1.1.0", {"download": {"mode": "stream"}}),
+    Scenario("hub refuses events", "1.1.0", refuse_events=True),
+    Scenario("trial boot fails", "1.0.0", fail_trial_boot=True, final_outcome="rollback"),
+    Scenario("health gate fails", "1.0.0", {"health": FAILING_GATE}, final_outcome="rollback"),
+    Scenario("corrupt image", "1.0.0", prepare=_corrupt, final_outcome="failed"),
+    Scenario("pre-install hook fails", "1.0.0", prepare=_failing_pre_install, final_outcome="failed"),
+    Scenario("lease defers the install", "1.1.0", {"policy": {"max_deferral": "1m"}}, prepare=_lease_on("install")),
+    Scenario("lease defers the reboot", "1.1.0", {"policy": {"max_deferral": "1m"}}, prepare=_lease_on("reboot")),
+    Scenario("power cut during the commit", "1.1.0", own_cut="after:journal:rebooting->committing"),
+    Scenario("daemon crash during the commit", "1.1.0", own_cut="after:journal:rebooting->committing", own_cut_is_crash=True),
+    Scenario("built for another system", "1.0.0", foreign=True, final_outcome="failed"),
+    Scenario("quarantined, then retried", "1.1.0", {"policy": {"max_attempts": 1}}, prepare=_failing_pre_install, then=_retry),
+]
+
+
+def _engine(world: SimWorld, config_tables: dict[str, Any], clock: FakeClock, http: httpx.AsyncClient, scenario: Scenario, hub_state: dict[str, Any]) -> Engine:
+    config = build_config(config_tables, source="test", env={})
+    hub: Any = get_hub(config.hub.kind, config=config, http=http, clock=clock)
+    if scenario.refuse_events:
+        refusing = RefusingHub(hub)
+        refusing.refuse = hub_state.setdefault("refuse", 1)
+        hub = refusing
+        hub_state["hub"] = refusing
+    return Engine(
+        config=config,
+        hub=hub,
+        installer=get_installer(config.installer.kind, config=config, clock=clock),
+        journal=Journal(config.state.dir),
+        # a delivering telemetry (the static hub accepts and drops): spool and hub writes run
+        telemetry=Telemetry(config.state.dir, clock=clock, hub=hub, deliver=True, max_events=4),
+        downloader=Downloader(config=config.download, http=http, clock=clock),
+        clock=clock,
+        health=HealthGate(config.health, hub=hub, clock=clock, http=http),
+    )
+
+
+def _events(world: SimWorld) -> list[dict[str, Any]]:
+    path = world.state_dir / "events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+@dataclass
+class Run:
+    reached: list[str]
+    cut: bool
+    results: list[PassResult]
+
+
+async def run_scenario(root: Path, scenario: Scenario, cut_at: str | None) -> Run:
+    """Run ``scenario`` cutting the power at the first ``cut_at``; assert the invariants."""
+    clock = FakeClock()
+    world = SimWorld(root)
+    world.create_device("1.0.0")
+    world.publish("1.0.0")
+    if scenario.foreign:
+        world.publish("1.1.0", size=64 << 10, system="other-board", build_info=False)
+    else:
+        world.publish("1.1.0", size=64 << 10)
+    if scenario.prepare:
+        scenario.prepare(world, clock)
+    tables = world.tables(**scenario.overrides)
+    reached: list[str] = []
+    armed = [p for p in (scenario.own_cut, cut_at) if p]
+    crash_only = {"next": scenario.own_cut_is_crash and scenario.own_cut is not None}
+
+    def hook(point: str) -> None:
+        reached.append(point)
+        if armed and point == armed[0]:
+            armed.pop(0)
+            raise effects.PowerCut(point)
+
+    results: list[PassResult] = []
+    cut = False
+    then_done = scenario.then is None
+    failed_trial = False
+    trial_cut = False
+    hub_state: dict[str, Any] = {}
+    async with httpx.AsyncClient() as http:
+        with effects.hooked(hook):
+            for _ in range(14):
+                engine = _engine(world, tables, clock, http, scenario, hub_state)
+                if scenario.refuse_events:
+                    hub_state["refuse"] = 0  # refused once, for good
+                try:
+                    result = await engine.reconcile()
+                    results.append(result)
+                except effects.PowerCut:
+                    cut = True
+                    effects.power_on()
+                    now = world.device.info()
+                    if now.booted == "b" and not now.committed and not crash_only["next"]:
+                        # the cut hits a trial boot: on a try-once bootloader that is a failed
+                        # trial, which may be reported as a rollback
+                        trial_cut = True
+                    if crash_only["next"]:
+                        crash_only["next"] = False  # the daemon died; the system runs on
+                    else:
+                        world.device.boot()  # the power comes back: the bootloader decides
+                    clock.advance(60)
+                    continue
+                except TransientError:
+                    clock.advance(60)
+                    continue
+                finally:
+                    with contextlib.suppress(Exception):
+                        await engine.installer.aclose()
+                clock.advance(60)
+                info = world.device.info()
+                if scenario.fail_trial_boot and not failed_trial and info.booted == "b" and not info.committed:
+                    world.device.boot()  # the trial system dies before it can commit
+                    failed_trial = True
+                if result.result in (Result.UP_TO_DATE, Result.BLOCKED) and info.committed:
+                    if not then_done:
+                        assert scenario.then is not None
+                        try:
+                            await scenario.then(engine)
+                        except effects.PowerCut:
+                            cut = True
+                            effects.power_on()
+                            world.device.boot()
+                            continue  # the operator runs it again
+                        (world.root / "hooks.d" / "pre-install" / "10-test").unlink(missing_ok=True)
+                        then_done = True
+                        continue
+                    if result.result is Result.UP_TO_DATE or scenario.final_outcome != "completed":
+                        break
+    # the device settled on one committed version
+    info = world.device.info()
+    kinds = [e["attributes"]["event"] for e in _events(world)]
+    final_version, final_outcome = scenario.final_version, scenario.final_outcome
+    if trial_cut and scenario.final_outcome == "completed" and "rollback" in kinds:
+        final_version, final_outcome = "1.0.0", "rollback"  # the trial boot was cut: a failed trial
+    assert info.committed and info.pending is None, (scenario.name, cut_at, info)
+    assert info.version_of(info.booted) == final_version, (scenario.name, cut_at, info, [r.result for r in results])
+    assert Journal(world.state_dir).load().phase is Phase.IDLE
+    assert kinds.count("completed") == (1 if final_outcome == "completed" else 0), (scenario.name, cut_at, kinds)
+    assert kinds.count("rollback") == (1 if final_outcome == "rollback" else 0), (scenario.name, cut_at, kinds)
+    if "completed" in kinds:
+        assert "installing" not in kinds[kinds.index("completed") :], (scenario.name, cut_at, kinds)
+    if final_outcome == "rollback":
+        assert info.slots["a"].bootable, (scenario.name, cut_at, info)  # the fallback is whole
+    status = json.loads((world.state_dir / "status.json").read_text())
+    assert status["currentVersion"] == final_version, (scenario.name, cut_at, status)
+    leftovers = [p.name for p in world.state_dir.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, (scenario.name, cut_at, leftovers)
+    return Run(reached=reached, cut=cut, results=results)
+
+
+@pytest.fixture(scope="module")
+def reached_by(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]:
+    """Which scenarios reach which point, from one uncut run of each."""
+    import asyncio
+
+    out: dict[str, list[int]] = {}
+    for index, scenario in enumerate(SCENARIOS):
+        run = asyncio.run(run_scenario(tmp_path_factory.mktemp(f"plain{index}"), scenario, None))
+        for point in set(run.reached):
+            out.setdefault(point, []).append(index)
+    return out
+
+
+def test_every_cut_point_is_reached(reached_by: dict[str, list[int]]) -> None:
+    """Every before/after point of every effect is reached by some scenario."""
+    missing = [p for p in effects.cut_points() if p not in reached_by]
+    assert not missing, f"cut points no scenario reaches (add a scenario to SCENARIOS): {missing}"
+
+
+@pytest.mark.parametrize("point", effects.cut_points())
+async def test_power_cut_at_every_point(tmp_path: Path, point: str, reached_by: dict[str, list[int]]) -> None:
+    """Power cut at ``point`` (in each scenario that reaches it): the device converges."""
+    indices = reached_by.get(point)
+    if not indices:
+        pytest.fail(f"no scenario reaches {point}")
+    for index in indices:
+        run = await run_scenario(tmp_path / f"s{index}", SCENARIOS[index], point)
+        assert run.cut, (SCENARIOS[index].name, point)
