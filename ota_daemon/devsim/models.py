@@ -570,7 +570,8 @@ class TryOnceModel(Model):
     slot_names: ClassVar[tuple[str, str]] = ("a", "b")
 
     def init_boot_state(self) -> None:
-        self.state["boot"] = {"default": "a", "try_next": None, "bad": {"a": False, "b": False}}
+        # tries: try-boots of each slot since it was written (what boot.json counts)
+        self.state["boot"] = {"default": "a", "try_next": None, "bad": {"a": False, "b": False}, "tries": {"a": 0, "b": 0}}
 
     def choose(self) -> str:
         boot = self.state["boot"]
@@ -582,6 +583,9 @@ class TryOnceModel(Model):
     def power_on(self, *, dies: Callable[[str], bool] | None = None, what_if: bool = False) -> str:
         dies = dies or (lambda slot: self.behaviour(slot) is Behaviour.DIES)
         boot = self.state["boot"]
+        if boot.get("try_next") and not boot["bad"][boot["try_next"]]:
+            tries = boot.setdefault("tries", {"a": 0, "b": 0})
+            tries[boot["try_next"]] += 1
         if boot.get("try_next") and not boot["bad"][boot["try_next"]] and dies(boot["try_next"]):
             boot["try_next"] = None
             self.state["boots"] += 1
@@ -591,7 +595,8 @@ class TryOnceModel(Model):
         boot = self.state["boot"]
         slots = {
             name: SlotState(name=name, version=(self.content(name) or {}).get("version") if (self.content(name) or {}).get("complete") else None,
-                            bootable=not boot["bad"][name], good=(name == boot["default"]) if not boot["bad"][name] else False)
+                            bootable=not boot["bad"][name], good=(name == boot["default"]) if not boot["bad"][name] else False,
+                            tries=int(boot.get("tries", {}).get(name, 0)))
             for name in self.slot_names
         }
         return SlotInfo(booted=self.booted, primary=boot["default"], slots=slots, boot_id=self.boot_id, pending=boot.get("try_next"))
@@ -609,6 +614,7 @@ class TryOnceModel(Model):
         self.effect("model:install:begin")
         boot["bad"][target] = False
         boot["try_next"] = None
+        boot.setdefault("tries", {"a": 0, "b": 0})[target] = 0
         self._write(target, header)
         self.effect("model:install:written")
         return InstallOutcome(target_slot=target, version=header.get("version"))
