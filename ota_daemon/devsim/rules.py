@@ -13,6 +13,7 @@ from typing import Any
 from ota_daemon.devsim.models import MODEL_CUT_POINTS
 from ota_daemon.devsim.world import RELEASE_KINDS, World
 from ota_daemon.state import TRANSITIONS
+from ota_daemon.traits import TRAITS
 
 #: hub config properties a step can set (the allow-listed overlay keys)
 HUB_CONFIGS: tuple[dict[str, Any] | None, ...] = (
@@ -47,6 +48,8 @@ def cut_points(kind: str) -> list[str]:
     points = sorted(f"journal:{a.value}->{b.value}" for a, b in TRANSITIONS)
     if kind == "rauc":  # RAUC takes no stream: nothing goes from idle straight to installing
         points.remove("journal:idle->installing")
+    if TRAITS[kind].arms_at_install:  # a trial cut mid-gate is armed again only at reboot
+        points.remove("journal:committing->rebooting")
     points += [f"installer:{call}:{when}" for call in INSTALLER_CALLS for when in ("before", "after")]
     points += [p for p in MODEL_CUT_POINTS if kind in ("rauc", "swupdate") or p != "model:install:armed"]
     points += ["hub:publish_status", "hub:publish_events"]
