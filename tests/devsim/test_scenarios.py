@@ -166,7 +166,15 @@ async def _cut_and_converge(world: World, point: str) -> None:
 
 
 #: cut points inside the trial boot, before the commit is durable
-TRIAL_POINTS = {"journal:rebooting->committing", "journal:committing->committing", "installer:commit:before", "hub:publish_status", "hub:publish_events"}
+TRIAL_POINTS = {"journal:rebooting->committing", "journal:committing->committing", "installer:commit:before", "hub:publish_status", "hub:publish_events"} | {
+    # the same with the side-effect seam's names; telemetry writes happen inside the trial too
+    f"{side}:{name}"
+    for side in ("before", "after")
+    for name in (
+        "journal:rebooting->committing", "journal:committing->committing", "status.write", "status.hub-doc",
+        "status.published", "events.append", "spool.append", "spool.rewrite", "hub.status", "hub.events",
+    )
+} | {"before:installer.commit"}
 
 
 async def test_cut_during_the_trials_gate(sim: World) -> None:
