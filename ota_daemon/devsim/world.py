@@ -17,6 +17,7 @@ wrapper's (``hub:publish_status``, ``hub:publish_events`` before the write reach
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -505,6 +506,7 @@ class World:
 
     def run_guard(self) -> int:
         """``ota-daemon-guard`` as its timer starts it: guard.timeout after boot."""
+        from ota_daemon import guard
         from ota_daemon.guard import Env, GuardSettings, run
 
         if not self.powered:
@@ -514,8 +516,18 @@ class World:
                                  cmdline_path=self.device_dir / "cmdline", cmdline_map={})
         rebooted: list[bool] = []
 
-        def reboot(_settings: GuardSettings) -> None:
+        def reboot(settings: GuardSettings) -> None:
+            """The guard's own reboot (``guard.reboot_system``): what it asks of the tool goes to
+            the model, its reboot command does nothing here; then the power cycle."""
             rebooted.append(True)
+            if self.kind == "simulated":
+                return  # the guard applies the file-backed simulated device itself; the model reboots below
+            saved = guard.run_tool
+            guard.run_tool = self._tool_runner
+            try:
+                guard.reboot_system(dataclasses.replace(settings, reboot_command=("true",)))
+            finally:
+                guard.run_tool = saved
 
         env = Env(uptime=lambda: 1800.0 + 60.0, now=self.clock.now, sleep=self.clock.advance,
                   probe=self.model.guard_facts, reboot=reboot, log=lambda message, level: None)
@@ -524,6 +536,16 @@ class World:
             self.counters.guard_reboots += 1
             self.power_on()
         return code
+
+    def _tool_runner(self, argv: Any, env: Any = None) -> Any:
+        """Tool commands the guard runs, answered by the model (``rauc status mark-bad booted``)."""
+        import subprocess
+
+        args = list(argv)[1:]
+        if self.kind == "rauc" and args[:2] == ["status", "mark-bad"]:
+            slot = self.model.booted if args[2:3] in (["booted"], []) else args[2]
+            self.model.state["boot"][slot] = "bad"
+        return subprocess.CompletedProcess(list(argv), 0, "", "")
 
     # ------------------------------------------------------------------ invariants
     def violate(self, message: str) -> None:
