@@ -15,13 +15,9 @@ from ota_daemon.devsim.world import World, scratch_dir
 from ota_daemon.state import Journal, Phase
 from tests.devsim.conftest import KINDS, result
 
-#: what the simulator still shows, by (scenario, installer kind); xfail (not strict). Defects 1, 2
-#: and 4 of issue 12 are fixed in the engine. The guard now sees a RAUC trial from the journal
-#: and marks it bad before its reboot (guard.reboot_system); this world's injected reboot does
-#: not do that mark yet.
-KNOWN: dict[tuple[str, str], str] = {
-    ("no-daemon", "rauc"): "the world's guard reboot does not mark the RAUC trial bad as guard.reboot_system does",
-}
+#: what the simulator still shows, by (scenario, installer kind); xfail (not strict). Issue 12's
+#: defects 1-4, which these scenarios showed first, are fixed in the engine and the guard.
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def known(request: pytest.FixtureRequest, scenario: str, kind: str) -> None:
