@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass
 
 import httpx
@@ -81,7 +82,7 @@ class HealthGate:
                 return CheckResult(name, False, "no HTTP client")
             try:
                 resp = await self.http.get(str(check.url), timeout=check.timeout)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ssl.SSLError) as exc:  # a TLS alert after the handshake reaches us unwrapped
                 return CheckResult(name, False, f"{type(exc).__name__} from {redact_url(str(check.url))}")
             ok = 200 <= resp.status_code < 300
             return CheckResult(name, ok, "" if ok else f"HTTP {resp.status_code}")

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import re
+import ssl
 import stat
 import zlib
 from pathlib import Path
@@ -175,7 +176,7 @@ class StaticHub:
                     return resp, body
         except TimeoutError:
             raise HubUnavailable(f"static hub {redact_url(url)}: no complete answer within hub.timeout ({self.timeout:g} s)") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ssl.SSLError) as exc:  # a TLS alert after the handshake reaches us unwrapped
             detail = redact_text(str(exc)).strip()[:200]
             raise HubUnavailable(f"static hub {redact_url(url)}: {type(exc).__name__}{': ' + detail if detail else ''}") from None
 

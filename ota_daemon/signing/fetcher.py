@@ -11,6 +11,7 @@ a total deadline: endless or slowly dripping metadata ends as a refusal, not a h
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -119,7 +120,7 @@ class DaemonFetcher(FetcherInterface):
                     return 200, bytes(body), resp.headers.get("etag")
         except TimeoutError:
             raise DownloadError(f"{redact_url(url)}: not complete within {self.deadline:g} s") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ssl.SSLError) as exc:  # a TLS alert after the handshake reaches us unwrapped
             detail = redact_text(str(exc)).strip()[:200]
             raise DownloadError(f"{redact_url(url)}: {type(exc).__name__}{': ' + detail if detail else ''}") from None
 
