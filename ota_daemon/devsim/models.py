@@ -197,7 +197,9 @@ class Model:
         return f"{self.kind}: image built for {name!r}, this is {self.system!r}"
 
     def _write(self, slot: str, header: dict[str, Any]) -> None:
-        self.state["slots"][slot] = {"name": header.get("name"), "version": header.get("version"), "behaviour": header.get("behaviour", "good"), "complete": False}
+        # "write": which write of the device this is, so rewriting the same image is a change too
+        self.state["writes"] = int(self.state.get("writes", 0)) + 1
+        self.state["slots"][slot] = {"name": header.get("name"), "version": header.get("version"), "behaviour": header.get("behaviour", "good"), "complete": False, "write": self.state["writes"]}
         self.effect("model:install:writing")
         self.state["slots"][slot]["complete"] = True
 

@@ -190,6 +190,8 @@ class World:
         self.tagged: str = "1.0.0"
         self.committed_good: set[str] = {"1.0.0"}
         self.gate_passed_boots: set[str] = set()
+        #: attempt id -> the slot its install wrote
+        self.attempt_wrote: dict[str, str] = {}
         self.daemon_alive = True
         self.next_number = 1
         self.interval, self.jitter, self.heartbeat = interval, jitter, heartbeat
@@ -281,6 +283,11 @@ class World:
                     self._check_commit()
                 if name == "mark_bad" and args and args[0] == model.booted:
                     self._check_mark_booted_bad()
+                if name == "install":
+                    # which slot each attempt writes: it may degrade that one, and only that one
+                    attempt = self._journal_attempts()[0]
+                    if attempt:
+                        self.attempt_wrote[attempt] = model.other(model.booted)
                 self.effect(f"installer:{name}:before")
                 result = await original(*args, **kwargs)
                 self.effect(f"installer:{name}:after")
@@ -564,13 +571,26 @@ class World:
         # the fallback is never degraded by an attempt that did not write it
         if fallback is not None:
             slot, content = fallback
-            if self.model.content(slot) == content and not self._slot_bootable(slot):
+            wrote = {self.attempt_wrote.get(a) for a in self._journal_attempts() if a}
+            if self.model.content(slot) == content and slot not in wrote and not self._slot_bootable(slot):
                 self.violate(f"fallback slot {slot} holding committed {content.get('version')} was made unbootable by an attempt that did not write it")
         self.check_invariants()
         # no temporary file outlives a pass
         for path in self.state_dir.rglob("*"):
             if path.name.endswith(".tmp"):
                 self.violate(f"temporary file {path.relative_to(self.root)} outlived a pass")
+
+    def _journal_attempts(self) -> tuple[str | None, str | None]:
+        """(the journal's current attempt, the attempt its last outcome names)."""
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads((self.state_dir / "journal.json").read_text())
+            attempt = data.get("attempt") if isinstance(data, dict) else None
+            outcome = data.get("last_outcome") if isinstance(data, dict) else None
+            return (
+                str(attempt["id"]) if isinstance(attempt, dict) and attempt.get("id") else None,
+                str(outcome["attempt_id"]) if isinstance(outcome, dict) and outcome.get("attempt_id") else None,
+            )
+        return None, None
 
     def _slot_bootable(self, slot: str) -> bool:
         state = self.model.info().slots.get(slot)
