@@ -297,8 +297,12 @@ class Daemon:
             return delay
         finally:
             self.current = None
-        self.failures = 0
         self.passes += 1
+        if result.backoff:
+            # a failure on the way (an image not there yet, a hub error): try again soon, backing off
+            self.failures += 1
+            return backoff_delay(self.failures, interval=self.effective.poll.interval, rng=self.rng)
+        self.failures = 0
         self.last_result = result
         planned_for, delay = self.planned
         return delay if planned_for is result else self.next_delay(result)

@@ -18,10 +18,12 @@ holds it and for how long, so it cannot block updates forever:
   The pid is seen in the daemon's PID namespace: a program in a container must name a pid
   the host sees (or use the helper on the host). A reused pid keeps a lease alive at most
   until its ``max_duration``.
-- **Clock**: ``created`` is wall-clock time. A lease created more than
-  :data:`CLOCK_SKEW` in the future (the clock went back) is stale, not live "until then".
-  A forward jump (no RTC, NTP syncs after boot) can make a lease look expired early: the
-  helper writes ``created`` when it starts, so give ``max_duration`` some slack.
+- **Clock**: the helper also writes ``boot_id`` and ``boottime`` (``CLOCK_BOOTTIME`` when it
+  started): a lease written in the current boot ages on the boot clock, so NTP moving the
+  wall clock by days (a device without an RTC) neither expires it early nor keeps it alive.
+  A lease without them (written by other programs) ages by its wall-clock ``created``: one
+  created more than :data:`CLOCK_SKEW` in the future (the clock went back) is stale, and a
+  forward jump can make it look expired early, so give ``max_duration`` some slack.
 - **Deferral cap**: :func:`deferral_decision` defers while a live lease exists, but once
   the update has been blocked longer than ``policy.max_deferral`` it proceeds anyway and
   says so (``max_deferral = 0``: inhibitors are reported, never obeyed).
@@ -101,6 +103,17 @@ class Lease(BaseModel):
     max_duration: float = Field(gt=0, allow_inf_nan=False, description="seconds after created")
     created: float = Field(ge=0, allow_inf_nan=False, description="seconds since the epoch")
     owner: str | None = Field(default=None, max_length=200)
+    #: the boot the lease was written in and its time since boot (CLOCK_BOOTTIME) then: when
+    #: the boot is the reader's, the lease's age is measured on that clock, not the wall clock
+    boot_id: str | None = Field(default=None, max_length=64)
+    boottime: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    def age(self, *, now: float, boot: tuple[str, float] | None) -> float | None:
+        """Seconds since the lease was written, from the boot clock when this boot wrote it;
+        ``None`` when only the wall clock can tell."""
+        if boot is not None and self.boot_id is not None and self.boottime is not None and self.boot_id == boot[0]:
+            return max(0.0, boot[1] - self.boottime)
+        return None
 
     @property
     def expires_at(self) -> float:
@@ -245,6 +258,7 @@ def scan(
     now: float,
     pid_alive: PidAlive = pid_alive,
     trusted_uids: Collection[int] | None = None,
+    boot: tuple[str, float] | None = None,
 ) -> InhibitState:
     """Read every lease in ``directory``: which are live, which are stale and why, what is wrong.
 
@@ -276,8 +290,20 @@ def scan(
                 problems.append(f"inhibit lease {directory / name}: {read}; ignored")
                 continue
             lease, identity = read
+            age = lease.age(now=now, boot=boot)
             if not pid_alive(lease.pid):
                 stale.append(StaleLease(name, lease, f"process {lease.pid} is gone", dead=True, identity=identity))
+            elif age is not None:
+                # written in this boot: its age on the boot clock, whatever the wall clock did
+                if age >= lease.max_duration:
+                    stale.append(
+                        StaleLease(
+                            name, lease, f"expired: {_format_duration(age)} old, max_duration {_format_duration(lease.max_duration)}",
+                            dead=False, identity=identity,
+                        )
+                    )
+                else:
+                    live.append(LiveLease(name, lease))
             elif now >= lease.expires_at:
                 stale.append(
                     StaleLease(
@@ -489,7 +515,13 @@ def run_inhibit_parsed(args: argparse.Namespace, *, config_path: str | Path | No
     lease_path = directory / f"{_slug(owner)}-{os.getpid()}.json"
     identity: tuple[int, int] | None = None
     try:
-        lease = Lease(pid=os.getpid(), reason=reason[:500], what=what, max_duration=max_duration, created=time.time(), owner=owner[:200])
+        from ota_daemon.clock import SystemClock
+
+        system = SystemClock()
+        lease = Lease(
+            pid=os.getpid(), reason=reason[:500], what=what, max_duration=max_duration, created=time.time(), owner=owner[:200],
+            boot_id=system.boot_id()[:64], boottime=system.monotonic(),
+        )
         try:
             ensure_inhibit_dir(directory)
             atomic_write(lease_path, lease.model_dump_json().encode() + b"\n", mode=0o644)

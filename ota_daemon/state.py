@@ -135,8 +135,14 @@ class Attempt(BaseModel):
 
 
 class QuarantineEntry(BaseModel):
+    """A version this device proved bad, keyed ``<version>@<image digest>`` in the journal
+    (entries written before the digest was recorded are keyed by the version alone and hold
+    for any image of it)."""
+
     version: str
     version_id: str | None = None
+    #: the image's digest: a corrected document (another image) for the version is tried again
+    digest: str | None = None
     reason: str
     at: float
     attempts: int = 1
@@ -162,8 +168,9 @@ class JournalData(BaseModel):
     last_outcome: Outcome | None = None
     failure_count: int = 0
     last_error: str | None = None
-    #: when a deferral began, per "<what>:<version or attempt>" (for policy.max_deferral)
-    deferred_since: dict[str, float] = Field(default_factory=dict)
+    #: when a deferral began, per "<what>:<version or attempt>" (for policy.max_deferral), in
+    #: elapsed seconds (ota_daemon/elapsed.py), never wall-clock time
+    deferred_at: dict[str, float] = Field(default_factory=dict)
     #: loop protection: "<version>:<phase>" -> how often a pass entered that phase for it
     phase_entries: dict[str, int] = Field(default_factory=dict)
 

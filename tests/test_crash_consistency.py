@@ -49,6 +49,10 @@ def _corrupt(world: SimWorld) -> None:
     blob.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
 
 
+def _foreign(world: SimWorld) -> None:
+    world.publish("1.1.0", system="other-board", build_info=False)
+
+
 FAILING_GATE = {"deadline": "1s", "interval": "1s", "checks": [{"kind": "command", "name": "app", "command": ["false"]}]}
 
 # the gate's first run pulls the plug on the daemon (its parent) in the middle of the commit phase
@@ -62,8 +66,10 @@ SCENARIOS = [
     Scenario("update in stream mode", "1.1.0", {"download": {"mode": "stream"}}),
     Scenario("trial boot fails", "1.0.0", fail_trial_boot=True, final_outcome="rollback"),
     Scenario("health gate fails", "1.0.0", {"health": FAILING_GATE}, final_outcome="rollback"),
-    Scenario("corrupt image, file mode", "1.0.0", prepare=_corrupt, final_outcome="failed"),
-    Scenario("corrupt image, stream mode", "1.0.0", {"download": {"mode": "stream"}}, prepare=_corrupt, final_outcome="failed"),
+    # bytes that differ from the document prove nothing against the version: failed, backing off
+    Scenario("corrupt image, file mode", "1.0.0", prepare=_corrupt, final_outcome="backoff"),
+    Scenario("corrupt image, stream mode", "1.0.0", {"download": {"mode": "stream"}}, prepare=_corrupt, final_outcome="backoff"),
+    Scenario("installer refuses the image", "1.0.0", prepare=_foreign, final_outcome="failed"),
     Scenario("power cut during the health gate", "1.1.0", {"health": CRASH_IN_GATE}, own_kills=1),
     Scenario("power cut before the reboot", "1.1.0", own_faults=("journal:installing->rebooting",), own_kills=1),
     # the trial system loses power mid-commit: the try-once bootloader returns to the old slot,
@@ -114,11 +120,15 @@ def run_scenario(root: Path, scenario: Scenario, point: str) -> bool:
                 failed_trial = True
             if result.returncode in (0, 4) and ("up_to_date" in result.stdout or "blocked" in result.stdout):
                 break
+            if scenario.final_outcome == "backoff" and result.returncode == 1 and "trying again later" in result.stdout:
+                break
     finally:
         del os.environ["OTA_MARK"]
     killed = point not in json.loads(faults.read_text())
     assert codes.count(-9) == int(killed) + scenario.own_kills, codes
-    assert codes[-1] in (0, 4), (codes, result.stdout, result.stderr[-2000:])
+    assert codes[-1] in ((1,) if scenario.final_outcome == "backoff" else (0, 4)), (codes, result.stdout, result.stderr[-2000:])
+    if scenario.final_outcome == "backoff":
+        assert Journal(world.state_dir).load().quarantine == {}
     # the device settled on one committed version
     info = world.device.info()
     assert info.committed and info.pending is None, info

@@ -165,15 +165,17 @@ def test_each_exit_code_happens_as_documented(tmp_path: Path, code: int) -> None
     elif code == 3:
         world.publish("1.1.0")
         result = run("check", "--dry-run")
-    else:
+    elif code == 1:
         published = world.publish("1.1.0")
         asset = world.repo_dir / "fleet" / published.document["assets"][0]["url"]
         data = bytearray(asset.read_bytes())
         data[-1] ^= 0xFF
         asset.write_bytes(bytes(data))
-        result = run("check")  # the image does not match its digest: failed, quarantined
-        if code == 4:
-            result = run("check")  # the quarantined version is refused: blocked
+        result = run("check")  # the image does not match its digest: failed (backing off)
+    else:
+        world.publish("1.1.0", system="other-board", build_info=False)
+        run("check")  # the installer refuses the image: failed, quarantined
+        result = run("check")  # the quarantined version is refused: blocked
     assert result.returncode == code, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
 

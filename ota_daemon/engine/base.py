@@ -12,6 +12,8 @@ from ota_daemon.clock import Clock
 from ota_daemon.config import Config
 from ota_daemon.download import Downloader
 from ota_daemon.effects import effect
+from ota_daemon.elapsed import Elapsed
+from ota_daemon.engine.decisions import quarantine_key
 from ota_daemon.engine.seam import seamed
 from ota_daemon.engine.util import _quarantine_list
 from ota_daemon.errors import UpdateFailed
@@ -23,6 +25,10 @@ from ota_daemon.installers.base import Installer
 from ota_daemon.model import PinnedVersion
 from ota_daemon.state import Attempt, Journal, JournalData, Phase, QuarantineEntry
 from ota_daemon.telemetry import Event, State, Telemetry
+
+
+class LoopDetected(UpdateFailed):
+    """A phase entered too often without progress: the attempt stops and counts against the version."""
 
 
 @dataclass
@@ -48,21 +54,26 @@ class EngineBase:
     def _loop_guard(self, phase: Phase, count: int) -> None:
         limit = self.config.policy.max_phase_entries
         if count > limit:
-            raise UpdateFailed(
+            raise LoopDetected(
                 f"entered {phase.value} {count} times without progress (a crash or power loss each time); stopped "
                 f"after policy.max_phase_entries = {limit}",
                 phase=phase.value,
             )
 
     def _quarantine(self, attempt: Attempt, reason: str) -> None:
+        """Count a failure this device proved against the version's content (an installer
+        refusal, a failed install, a trial that died, a failed gate, the wrong version after
+        boot), keyed by version and image digest; quarantine it at policy.max_attempts."""
         data = self.journal.data
         if attempt.source == "adopted":
             return
-        count = data.attempts_per_version.get(attempt.target_version, 0) + 1
-        data.attempts_per_version[attempt.target_version] = count
+        key = quarantine_key(attempt.target_version, attempt.image.digest)
+        count = data.attempts_per_version.get(key, 0) + 1
+        data.attempts_per_version[key] = count
         if count >= self.config.policy.max_attempts:
-            data.quarantine[attempt.target_version] = QuarantineEntry(
-                version=attempt.target_version, version_id=attempt.version_id, reason=reason, at=self.clock.now(), attempts=count
+            data.quarantine[key] = QuarantineEntry(
+                version=attempt.target_version, version_id=attempt.version_id, digest=attempt.image.digest,
+                reason=reason, at=self.clock.now(), attempts=count,
             )
 
     async def _hooks(self, point: HookPoint, attempt: Attempt, current: str, from_slot: str | None, target_slot: str | None) -> HookReport:
@@ -73,21 +84,31 @@ class EngineBase:
             await self.telemetry.emit(Event.WARNING, f"{point.value} hooks: {report.reason}", **report.to_attributes())
         return report
 
+    def _elapsed(self) -> float:
+        """Elapsed seconds that survive reboots: every duration is measured with it."""
+        return Elapsed(self.journal.dir, self.clock).now()
+
     async def _deferred(self, what: str, subject: str, config: Config) -> str | None:
         """An application's lease holds ``what`` back: the reason, or None to go on (also past the cap)."""
-        state = scan(config.policy.inhibit_dir, now=self.clock.now())
+        state = scan(config.policy.inhibit_dir, now=self.clock.now(), boot=(self.clock.boot_id(), self.clock.monotonic()))
         for problem in state.problems:
             await self._warn_once(f"lease:{problem}", f"inhibitor lease ignored: {problem}")
         key = f"{what}:{subject}"
-        since = self.journal.data.deferred_since.get(key)
-        defer, reason = deferral_decision(state, what, blocked_since=since, now=self.clock.now(), max_deferral=config.policy.max_deferral)
+        since = self.journal.data.deferred_at.get(key)
+        if not state.for_(what).inhibited:
+            if since is not None:
+                del self.journal.data.deferred_at[key]
+                self.journal.save("deferral")
+            return None
+        now = self._elapsed()
+        defer, reason = deferral_decision(state, what, blocked_since=since, now=now, max_deferral=config.policy.max_deferral)
         if defer:
             if since is None:
-                self.journal.data.deferred_since[key] = self.clock.now()
+                self.journal.data.deferred_at[key] = now
                 self.journal.save("deferral")
             return reason
         if since is not None:
-            del self.journal.data.deferred_since[key]
+            del self.journal.data.deferred_at[key]
             self.journal.save("deferral")
         if state.for_(what).inhibited:  # past policy.max_deferral: proceeding, say so
             await self.telemetry.emit(Event.WARNING, reason, what=what)
@@ -96,12 +117,12 @@ class EngineBase:
     async def _defer_capped(self, what: str, subject: str, reason: str, config: Config) -> str | None:
         """A deferral asked for by a hook, capped by policy.max_deferral like a lease."""
         key = f"{what}:{subject}"
-        now = self.clock.now()
-        since = self.journal.data.deferred_since.setdefault(key, now)
+        now = self._elapsed()
+        since = self.journal.data.deferred_at.setdefault(key, now)
         if since == now:
             self.journal.save("deferral")
         if now - since >= config.policy.max_deferral:
-            del self.journal.data.deferred_since[key]
+            del self.journal.data.deferred_at[key]
             self.journal.save("deferral")
             await self.telemetry.emit(Event.WARNING, f"{reason}; deferred past policy.max_deferral: proceeding anyway", what=what)
             return None
@@ -145,14 +166,18 @@ class EngineBase:
 
     # ------------------------------------------------------------------ reporting helpers
     async def _up_to_date(self, current: str, data: JournalData) -> None:
-        if data.last_outcome is not None and data.last_outcome.state in ("rollback", "failed") and data.quarantine:
-            return  # keep the failure visible until the tag moves
+        """The tag names the running version. Whatever the status said about another target
+        (a failure, a rollback, a deferral) no longer applies: it is cleared, and the state is
+        ``completed`` only when the last attempt completed (a fresh device is ``idle``). The
+        quarantine list keeps what failed."""
         status = self.telemetry.status
         fields: dict[str, Any] = {"currentVersion": current, "targetVersion": None, "phase": Phase.IDLE.value, "progress": None, "reason": None}
-        announce = status.get("state") not in (State.COMPLETED.value, State.IDLE.value) or bool(status.get("lastError"))
+        state = status.get("state")
+        resting = State.COMPLETED.value if data.last_outcome is not None and data.last_outcome.state == "completed" else State.IDLE.value
+        announce = state is not None and (state not in (State.COMPLETED.value, State.IDLE.value) or bool(status.get("lastError")))
         if announce:
-            fields.update(state=State.COMPLETED.value, failureCount=0, lastError=None)
-        elif "state" not in status:
+            fields.update(state=resting, failureCount=0, lastError=None)
+        elif state is None:
             fields["state"] = State.IDLE.value
         await self.telemetry.update_status(**fields)
         if announce:

@@ -9,8 +9,8 @@ from datetime import datetime
 import structlog
 
 from ota_daemon.download import local_path
-from ota_daemon.engine.decisions import Action, PassResult, Result, choose_mode, decide
-from ota_daemon.engine.identity import system_identity
+from ota_daemon.engine.decisions import Action, PassResult, Result, choose_mode, decide, quarantined
+from ota_daemon.engine.identity import clock_unsynchronised, system_identity
 from ota_daemon.engine.resume import PostReboot
 from ota_daemon.engine.util import (
     _agent,
@@ -82,7 +82,7 @@ class Engine(PostReboot):
         except HubError as exc:
             await self._report_error(str(exc), current)
             return PassResult(Result.FAILED, current, None, str(exc))
-        if self._overlay_flags.get("retryFailed") and target.version in data.quarantine:
+        if self._overlay_flags.get("retryFailed") and quarantined(data, target.version, target.image.digest) is not None:
             await self.retry(target.version, by="hub config property retryFailed")
         decision = decide(
             journal=self.journal.data,
@@ -91,6 +91,7 @@ class Engine(PostReboot):
             target=target,
             policy=config.policy,
             now_local=datetime.fromtimestamp(self.clock.now()),
+            clock_unsynced=clock_unsynchronised(config, self.clock.now()),
         )
         summary = _target_summary(target)
         structlog.contextvars.bind_contextvars(target_version=target.version, current_version=current)
@@ -221,8 +222,13 @@ class Engine(PostReboot):
     async def retry(self, version: str, *, by: str = "operator") -> bool:
         """Clear a version's quarantine and attempt count. True when there was something to clear."""
         data = self.journal.load()
-        had = data.quarantine.pop(version, None) is not None
-        had = data.attempts_per_version.pop(version, None) is not None or had
+        had = False
+        for key in [k for k, e in data.quarantine.items() if e.version == version or k == version]:
+            del data.quarantine[key]
+            had = True
+        for key in [k for k in data.attempts_per_version if k == version or k.startswith(f"{version}@")]:
+            del data.attempts_per_version[key]
+            had = True
         if any(k.startswith(f"{version}:") for k in data.phase_entries):
             self._forget_entries(version)
             had = True

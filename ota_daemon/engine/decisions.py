@@ -13,7 +13,7 @@ from typing import Any
 from ota_daemon.config import PolicyConfig, Window
 from ota_daemon.errors import ConfigError
 from ota_daemon.model import PinnedVersion, SlotInfo, SourceKind
-from ota_daemon.state import Attempt, JournalData, Phase
+from ota_daemon.state import Attempt, JournalData, Phase, QuarantineEntry
 from ota_daemon.traits import TRAITS, InstallerTraits
 from ota_daemon.versions import check_downgrade
 
@@ -50,6 +50,8 @@ class PassResult:
     target_version: str | None = None
     message: str = ""
     target: dict[str, Any] | None = None
+    #: a failure that proved nothing against the version: the daemon backs off and tries again
+    backoff: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -197,13 +199,14 @@ def decide(
     target: PinnedVersion,
     policy: PolicyConfig,
     now_local: datetime,
+    clock_unsynced: str | None = None,
 ) -> Decision:
     """Install, do nothing, refuse or defer: a pure function of its arguments."""
     if target.version == current_version:
         return Decision(Action.NONE, f"running {current_version}, the version behind {target.path}")
     if target.system_name and system_name and target.system_name != system_name:
         return Decision(Action.REFUSE, f"version {target.version} is built for system {target.system_name!r}, this is {system_name!r}")
-    entry = journal.quarantine.get(target.version)
+    entry = quarantined(journal, target.version, target.image.digest)
     if entry is not None:
         return Decision(Action.REFUSE, f"version {target.version} is quarantined: {entry.reason} (clear with 'ota-daemon retry {target.version}')")
     if target.gate is not None and target.gate.hold:
@@ -218,10 +221,23 @@ def decide(
         if order.refuse:
             return Decision(Action.REFUSE, order.reason or "")
         note = order.reason or ""
+    if policy.install_window and clock_unsynced:
+        return Decision(Action.DEFER, clock_unsynced, note)
     if not in_windows(policy.install_window, now_local):
         windows = ", ".join(w.text for w in policy.install_window or [])
         return Decision(Action.DEFER, f"outside the install window ({windows})", note)
     return Decision(Action.INSTALL, f"{current_version} -> {target.version}", note)
+
+
+def quarantine_key(version: str, digest: str) -> str:
+    return f"{version}@{digest}"
+
+
+def quarantined(journal: JournalData, version: str, digest: str) -> QuarantineEntry | None:
+    """The quarantine entry that holds this image of ``version`` back, if any."""
+    return journal.quarantine.get(quarantine_key(version, digest)) or next(
+        (e for k, e in journal.quarantine.items() if k == version and e.digest is None), None
+    )
 
 
 def choose_mode(configured: str, kinds: frozenset[SourceKind], *, local: bool) -> SourceKind:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ota_daemon.engine.base import EngineBase
-from ota_daemon.engine.decisions import PassResult, Result
+from ota_daemon.engine.decisions import PassResult, Result, quarantine_key
 from ota_daemon.engine.util import _quarantine_list
 from ota_daemon.hooks import HookPoint
 from ota_daemon.model import SlotInfo
@@ -24,6 +24,7 @@ class Endings(EngineBase):
         data = self.journal.data
         self._forget_entries(attempt.target_version)
         data.attempts_per_version.pop(attempt.target_version, None)
+        data.attempts_per_version.pop(quarantine_key(attempt.target_version, attempt.image.digest), None)
         self._end_attempt(
             failure_count=0,
             last_error=None,
@@ -55,9 +56,10 @@ class Endings(EngineBase):
         await self._hooks(HookPoint.ON_ROLLBACK, attempt, current, attempt.from_slot, attempt.target_slot)
         return PassResult(Result.ROLLED_BACK, current, attempt.target_version, message)
 
-    async def _failed(self, attempt: Attempt, error: str, current: str, *, detail: str | None = None) -> PassResult:
+    async def _failed(self, attempt: Attempt, error: str, current: str, *, detail: str | None = None, quarantine: bool = True) -> PassResult:
         data = self.journal.data
-        self._quarantine(attempt, error)
+        if quarantine:
+            self._quarantine(attempt, error)
         await self.telemetry.update_status(
             state=State.FAILED.value, failureCount=data.failure_count + 1, lastError=error, targetVersion=attempt.target_version,
             phase=Phase.IDLE.value, progress=None, quarantined=_quarantine_list(data), reason=error,

@@ -45,3 +45,35 @@ def system_identity(config: Config, info: SlotInfo | None = None) -> tuple[str |
         version = info.version_of(info.booted)
     return name, version
 
+
+
+#: systemd's clock epoch: its mtime is a time the clock is known to be past (timesyncd)
+CLOCK_EPOCH = Path("/usr/lib/clock-epoch")
+
+
+def image_build_time(config: Config) -> float | None:
+    """When the running image was built, as far as its files tell: the newest modification
+    time of its build info, os-release and systemd's clock epoch (image builders stamp them
+    with the build time or SOURCE_DATE_EPOCH)."""
+    times: list[float] = []
+    for path in (config.system.build_info, config.system.os_release, CLOCK_EPOCH):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times) if times else None
+
+
+def clock_unsynchronised(config: Config, now: float) -> str | None:
+    """Why the wall clock cannot be trusted to judge a window (``None``: it can). A clock
+    earlier than the running image's build is certainly wrong: a device without an RTC that
+    booted at 1970, or days slow, before NTP corrected it."""
+    built = image_build_time(config)
+    if built is None or now >= built:
+        return None
+    from ota_daemon.clock import iso
+
+    return (
+        f"the clock reads {iso(now)}, earlier than the running image's build ({iso(built)}): "
+        "waiting for the clock to be synchronised before judging the window"
+    )

@@ -14,10 +14,20 @@ import structlog
 from ota_daemon.config import OVERLAY_FLAGS, Config, apply_overlay
 from ota_daemon.download import local_path
 from ota_daemon.effects import effect
+from ota_daemon.engine.base import LoopDetected
 from ota_daemon.engine.decisions import PassResult, Result, choose_mode, in_windows
 from ota_daemon.engine.endings import Endings
+from ota_daemon.engine.identity import clock_unsynchronised
 from ota_daemon.engine.util import _config_view, _target_summary
-from ota_daemon.errors import HubError, NoSpace, OtaError, TransientError, UpdateFailed
+from ota_daemon.errors import (
+    HubError,
+    InstallerError,
+    IntegrityError,
+    NoSpace,
+    OtaError,
+    TransientError,
+    UpdateFailed,
+)
 from ota_daemon.hooks import HookDecision, HookPoint
 from ota_daemon.model import (
     Asset,
@@ -227,7 +237,8 @@ class InstallHalf(Endings):
         mode = choose_mode(config.download.mode, self.installer.source_kinds, local=is_local)
         # a pass that finds the same update still blocked (no space, a window, a lease) says
         # nothing new until something changes
-        quiet = self.telemetry.status.get("state") == State.BLOCKED.value and self.telemetry.status.get("targetVersion") == target.version
+        # (or failed on the way there, backing off: an image not there yet)
+        quiet = self.telemetry.status.get("state") in (State.BLOCKED.value, State.FAILED.value) and self.telemetry.status.get("targetVersion") == target.version
         # `installing update` as the script sent it: before the download, with both groups
         installing = {"currentVersion": current, "targetVersion": target.version, "attemptId": attempt.id, "mode": mode.value, "fromSlot": info.booted, "targetSlot": info.other(info.booted)}
         if not quiet:
@@ -235,6 +246,7 @@ class InstallHalf(Endings):
             await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
             await self.telemetry.emit(Event.INSTALLING, **installing)
             await self.telemetry.flush()  # the hub shows `installing` for the whole download
+        handed_over = False  # the installer has the image: what fails now is the content's doing
         try:
             source: InstallSource
             if mode is SourceKind.FILE:
@@ -255,6 +267,7 @@ class InstallHalf(Endings):
             if quiet:
                 await self.telemetry.emit(Event.INSTALLING, **installing)
             self.telemetry.reset_progress()
+            handed_over = True
             try:
                 outcome = await self.installer.install(source, progress=self.telemetry.progress, version=target.version, bundle_hash=attempt.bundle_hash)
             except BaseException:
@@ -277,9 +290,11 @@ class InstallHalf(Endings):
         except UpdateFailed as exc:
             if self.journal.data.phase is Phase.INSTALLING:
                 self._clean_cache()  # the installer refused or failed on this image: it goes at once
-            return await self._failed(attempt, str(exc), current, detail=exc.detail)
+            if _proven(exc, installing=handed_over):
+                return await self._failed(attempt, str(exc), current, detail=exc.detail)
+            return await self._not_proven(attempt, target, str(exc), current, detail=exc.detail)
         except HubError as exc:  # an unusable instruction in the pinned document (a bad asset URL)
-            return await self._failed(attempt, str(exc), current)
+            return await self._not_proven(attempt, target, str(exc), current)
         attempt.target_slot = outcome.target_slot
         attempt.boot_id = info.boot_id
         self.journal.transition(Phase.REBOOTING, attempt=attempt)
@@ -302,12 +317,32 @@ class InstallHalf(Endings):
                 return
             await self.installer.mark_bad(target)
 
+    async def _not_proven(self, attempt: Attempt, target: PinnedVersion, error: str, current: str, *, detail: str | None = None) -> PassResult:
+        """The attempt failed for a reason that says nothing about the version's content (the
+        image answered 404, the bytes differ from the document, the hub gave an unusable URL):
+        no quarantine. The result asks the daemon to back off and try again (its exponential
+        backoff, capped at the poll interval); a local install just fails."""
+        if attempt.source == "local":
+            return await self._failed(attempt, error, current, detail=detail, quarantine=False)
+        self._forget_entries(target.version)
+        self._end_attempt()
+        news = self.telemetry.status.get("lastError") != error
+        reason = f"{error}; not held against {target.version}, trying again later"
+        await self.telemetry.update_status(
+            state=State.FAILED.value, lastError=error, reason=reason, targetVersion=target.version, phase=Phase.IDLE.value, progress=None,
+        )
+        if news:
+            await self.telemetry.emit(Event.FAILED, error=error, output=detail, targetVersion=target.version, retry=True)
+        return PassResult(Result.FAILED, current, target.version, reason, _target_summary(target), backoff=True)
+
     async def _reboot_gate(self, attempt: Attempt, current: str, config: Config) -> PassResult | None:
         """Policy, inhibitors and pre-reboot hooks: a REBOOT_PENDING result when the reboot must wait."""
         policy = config.policy.reboot
         reason: str | None = None
         if policy == "manual":
             reason = "reboot policy 'manual': waiting for 'ota-daemon reboot' or a reboot by someone else"
+        elif policy == "window" and (unsynced := clock_unsynchronised(config, self.clock.now())):
+            reason = unsynced
         elif policy == "window" and not in_windows(config.policy.reboot_window, datetime.fromtimestamp(self.clock.now())):
             windows = ", ".join(w.text for w in config.policy.reboot_window or [])
             reason = f"outside the reboot window ({windows})"
@@ -343,6 +378,16 @@ class InstallHalf(Endings):
         await self.installer.reboot(spare=True)
         return PassResult(Result.REBOOTING, current, attempt.target_version, f"installed {attempt.target_version} into slot {attempt.target_slot}; rebooting")
 
+
+
+def _proven(exc: UpdateFailed, *, installing: bool) -> bool:
+    """Did this failure prove something about the version's content (quarantine), or was it
+    the way there (back off)?"""
+    if isinstance(exc, LoopDetected | InstallerError):
+        return True
+    if isinstance(exc, IntegrityError) or exc.phase == "downloading":
+        return False
+    return installing
 
 
 #: the hub's last config property, for passes in which the hub does not answer

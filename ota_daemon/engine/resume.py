@@ -130,6 +130,11 @@ class PostReboot(InstallHalf):
             check = exc.check if isinstance(exc, HealthCheckFailed) else None
             attempt.failure = str(exc)
             self.journal.save("failure")
+            # until the reboot (and after it, if the reboot never comes) the status says so
+            await self.telemetry.update_status(
+                state=State.FAILED.value, lastError=str(exc), reason=f"{exc}; rolling back to slot {attempt.from_slot}",
+                targetVersion=attempt.target_version, phase=Phase.COMMITTING.value,
+            )
             await self.telemetry.emit(Event.HEALTH_CHECK_FAILED if check else Event.FAILED, str(exc), key=f"{attempt.id}:gate", check=check, error=str(exc), output=exc.detail)
             with contextlib.suppress(OtaError):
                 await self.installer.mark_bad(info.booted)
