@@ -40,7 +40,10 @@ usage: install-debian.sh [options]
   --extras LIST           pip extras, e.g. rauc (D-Bus for the RAUC installer)
   --python PY             interpreter for the venv (default python3)
   --system-site-packages  let the venv see the system's site-packages
-  --wheelhouse DIR        install offline from wheels in DIR (pip --no-index --find-links)
+  --wheelhouse DIR        install offline from wheels in DIR (pip --no-index --find-links); DIR
+                          needs setuptools and wheel too (ota-daemon is built from source):
+                          pip wheel -w DIR setuptools wheel 'SRC[EXTRAS]' (sdnotify has no wheel
+                          on PyPI, so pip download --only-binary cannot fill DIR)
   --pip-arg ARG           extra argument for pip install (repeatable)
   --no-enable             do not enable the units
   -h, --help              this text

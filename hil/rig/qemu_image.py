@@ -148,6 +148,9 @@ def ensure_wheels(root: Path) -> Path:
     h = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     wheels = root / f"wheels-{h}"
     with _locked(root / ".wheels.lock"):
+        for old in root.glob("wheels-*"):
+            if old.is_dir() and old != wheels:
+                shutil.rmtree(old, ignore_errors=True)
         if not wheels.is_dir():
             tmp = root / f"wheels-{h}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

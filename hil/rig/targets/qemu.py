@@ -151,6 +151,9 @@ class QemuDevice:
         self._stop = threading.Event()
         self._snap: tuple[float, dict[str, Any]] | None = None
         self.tables: dict[str, Any] = {}
+        #: how often the rig reads the guest's state (each read is a few processes in the guest)
+        self.poll_period = 4.0 if accel == "tcg" else 1.0
+        self._events_at = 0.0
         self._watcher = threading.Thread(target=self._watch_faults, name="hil-qemu-faults", daemon=True)
         self._watcher.start()
 
@@ -359,9 +362,13 @@ class QemuDevice:
         "for s in a:/dev/vda2 b:/dev/vda3; do echo ${s%%:*}=$(debugfs -R 'cat /etc/hil/version' ${s#*:} 2>/dev/null | head -1); done"
     )
 
-    def snapshot(self, max_age: float = 0.7) -> dict[str, Any]:
+    def snapshot(self, max_age: float | None = None) -> dict[str, Any]:
+        """Boot, slot and daemon facts in one SSH round trip, reused for ``max_age`` seconds
+        (default :attr:`poll_period`): the rig's polling must not eat the guest's one vCPU."""
         snap = self._snap
         now = time.monotonic()
+        if max_age is None:
+            max_age = self.poll_period
         if snap is not None and now - snap[0] < max_age:
             return snap[1]
         parts = self.ssh(self._SNAPSHOT, check=False, timeout=30).split("@@\n")
@@ -379,6 +386,7 @@ class QemuDevice:
             "versions": {"a": versions.get("a"), "b": versions.get("b")},
         }
         self._snap = (now, doc)
+        self._events_at = 0.0  # events read after this are at least as new as the snapshot
         return doc
 
     def boot_state(self) -> BootState:
@@ -477,7 +485,7 @@ class QemuDevice:
 
     def _watch_faults(self) -> None:
         """A point that fired (the daemon removed it and killed itself): cut the power now."""
-        while not self._stop.wait(0.3):
+        while not self._stop.wait(0.5 if self.accel == "kvm" else 1.0):
             with self._lock:
                 armed = list(self._armed)
             if not armed or self._proc is None:
@@ -513,6 +521,8 @@ class QemuDevice:
             return {}
 
     def events(self) -> list[dict[str, Any]]:
+        if time.monotonic() - self._events_at < self.poll_period:
+            return self._last_events
         try:
             out = self.ssh(f"cat {STATE}/events.jsonl 2>/dev/null || true", check=False)
         except GuestDown:
@@ -522,6 +532,7 @@ class QemuDevice:
             with contextlib.suppress(ValueError):
                 events.append(json.loads(line))
         self._last_events = events
+        self._events_at = time.monotonic()
         return events
 
     _last_events: list[dict[str, Any]] = []
