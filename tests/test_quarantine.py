@@ -94,3 +94,41 @@ async def test_backing_off_says_update_available_once(world: SimWorld, clock: Fa
     lines = (world.state_dir / "events.jsonl").read_text().splitlines()
     events = [json.loads(line)["attributes"]["event"] for line in lines]
     assert events.count("update_available") == 1 and events.count("failed") == 1, events
+
+
+async def test_daemon_backs_off_while_the_image_is_missing(world: SimWorld, clock: FakeClock) -> None:
+    """The daemon retries a missing image with growing waits (from seconds up to the poll
+    interval), not once per interval; it installs when the image appears."""
+    import asyncio
+    import random
+
+    from ota_daemon.daemon import Daemon
+
+    world.publish("1.1.0")
+    image = asset_file(world, "1.1.0")
+    hidden = image.with_name("hidden")
+    image.rename(hidden)
+
+    class Notes:
+        daemon: Daemon | None = None
+        restored_at: int | None = None
+
+        def notify(self, state: str) -> None:
+            d = self.daemon
+            if d is None or not state.startswith("STATUS="):
+                return
+            if self.restored_at is None and d.failures >= 4:
+                hidden.rename(image)
+                self.restored_at = d.passes
+            elif self.restored_at is not None and d.passes >= self.restored_at + 3:
+                d.stop()
+
+    with serve_directory(world.repo_dir) as server:
+        notes = Notes()
+        daemon = Daemon(None, config=make_config(world, hub={"url": server.url}, poll={"interval": "1h"}), clock=clock, notifier=notes, rng=random.Random(2))
+        notes.daemon = daemon
+        await asyncio.wait_for(daemon.run(), 60)
+    waits = [s for s in clock.slept if s > 0]
+    assert waits[0] <= 10 and waits[1] <= 20 and waits[2] <= 40, waits
+    assert Journal(world.state_dir).load().quarantine == {}
+    assert world.device.slot_path("b").read_bytes() == world.image("1.1.0").read_bytes()
