@@ -86,9 +86,8 @@ def test_hil_08_power_cut_around_the_reboot(rig: Rig, when: str, volatile: bool)
     happens. Before arming, a boots and the daemon asks for the reboot again. While
     rebooting, the bootloader model decides: a try flag that survives lands on b, one that a
     cold cut clears (the Pi's tryboot) lands on a. Either way the device converges to v2 and
-    reports success exactly once. With the try lost the daemon cannot tell the cut from a
-    failed boot: it counts an attempt (a rollback report) and retries within
-    policy.max_attempts = 2."""
+    reports success exactly once. With the try lost, the bootloader's try count shows that b
+    never ran: the daemon arms the try again instead of reporting a rollback."""
     device = rig.device
     if volatile:
         device.configure(policy={"max_attempts": 2})
@@ -104,18 +103,16 @@ def test_hil_08_power_cut_around_the_reboot(rig: Rig, when: str, volatile: bool)
     expected = "b" if (when == "while-rebooting" and not volatile) else "a"
     assert cold.slot == expected, f"after the cut the board booted {cold.slot}, the model says {expected}"
     _converged_once(rig, "2.0.0", v2)
-    if when == "while-rebooting" and volatile:
-        assert len(events_of(device, "rollback")) == 1
-    else:
-        assert not events_of(device, "rollback"), "an interrupted reboot was reported as a rollback"
+    assert not events_of(device, "rollback"), "an interrupted reboot was reported as a rollback"
 
 
 @pytest.mark.hil_reboots(3)
 def test_hil_09_power_cut_during_try_boot_before_commit(rig: Rig) -> None:
     """Cut on the try boot of b after the daemon journaled "committing" but before the
-    commit: the cold boot returns to a (the try is spent); the daemon reports the failed
-    attempt and, with policy.max_attempts = 2, retries once and converges; success is
-    reported once."""
+    commit: the cold boot returns to a (the try is spent). The journal shows the trial ran far
+    enough to start its gate, so the cut is not held against the version: the daemon arms the
+    try again (no rollback report, no quarantine; the loop guard bounds such retries) and
+    converges; success is reported once."""
     device = rig.device
     device.configure(policy={"max_attempts": 2})
     device.restart_daemon()
@@ -125,8 +122,8 @@ def test_hil_09_power_cut_during_try_boot_before_commit(rig: Rig) -> None:
     _cut_fired(rig, "journal:committing")
     cold = next(b for b in device.boots() if b.reason == "cold")
     assert cold.slot == "a", device.boots()
-    wait_event(device, "rollback", timeout=20)
     _converged_once(rig, "2.0.0", v2)
+    assert not events_of(device, "rollback"), "a cut during the gate was reported as a rollback"
     quarantined = device.status().get("quarantined") or []
     assert not any(q["version"] == "2.0.0" for q in quarantined)
 

@@ -134,7 +134,8 @@ class SimDevice:
         self._timers: list[threading.Timer] = []
         self._log: IO[str] = open(self.log_path, "a")  # noqa: SIM115 - closed in close()
         self._tracebacks = 0
-        self._filler = self.cache_dir / ".hil-filler"
+        # in a folder of its own: the daemon empties its cache of every file but the target's
+        self._filler = self.cache_dir / ".hil-fill" / "filler"
         self._mounted = False
         self.write_config()
 
@@ -477,7 +478,7 @@ class SimDevice:
         return self.log_path.read_text()
 
     def cache_files(self) -> list[str]:
-        return sorted(p.name for p in self.cache_dir.iterdir() if p.name != self._filler.name) if self.cache_dir.is_dir() else []
+        return sorted(p.name for p in self.cache_dir.iterdir() if p.name != self._filler.parent.name) if self.cache_dir.is_dir() else []
 
     def cache_size(self, name: str) -> int:
         try:
@@ -509,6 +510,7 @@ class SimDevice:
         self.recorder.record("rig", "cache-fs", size=size)
 
     def fill_cache_fs(self, leave: int) -> None:
+        self._filler.parent.mkdir(exist_ok=True)
         free = shutil.disk_usage(self.cache_dir).free
         have = self._filler.stat().st_size if self._filler.exists() else 0
         target = max(0, have + free - leave)
