@@ -146,6 +146,7 @@ class QemuDevice:
         self._boots: list[BootRecord] = []
         self._next_reason = "power-on"
         self._last_lines: list[str] = []
+        self._panicked = False
         self._armed: list[str] = []
         self._cut_next_reboot = False
         self._stop = threading.Event()
@@ -237,9 +238,10 @@ class QemuDevice:
                 reason = self._next_reason
                 if reason is None:
                     tail = "\n".join(self._last_lines)
-                    reason = "panic-reset" if "Kernel panic" in tail else "warm" if "reboot: Restarting system" in tail or "reboot:" in tail else "watchdog"
+                    reason = "panic-reset" if self._panicked or "Kernel panic" in tail else "warm" if "reboot: Restarting system" in tail or "reboot:" in tail else "watchdog"
                 self._next_reason = None
                 self._last_lines = []
+                self._panicked = False
                 slot = m["slot"].lower()
                 record = BootRecord(len(self._boots) + 1, slot, m["trial"] == "1", reason, "ok", self.recorder.elapsed())
                 self._boots.append(record)
@@ -256,6 +258,7 @@ class QemuDevice:
                     self.recorder.record("boot", "hang", slot=m["slot"].lower())
                 return
             if "Kernel panic" in line:
+                self._panicked = True  # the call trace that follows is longer than the tail kept
                 self.recorder.record("boot", "panic", line=line.strip()[:200])
             if "reboot: Restarting system" in line and self._cut_next_reboot:
                 self._cut_next_reboot = False
