@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hil.rig import device as dev
-from hil.rig.checks import events_of, kinds, wait_event, wait_settled
+from hil.rig.checks import events_of, kinds, wait_settled
 from hil.rig.device import Release, Rig, wait_until
 
 pytestmark = [pytest.mark.hil, pytest.mark.hil_needs(dev.POWER_CUT, dev.FAULT_POINTS)]
