@@ -241,17 +241,20 @@ class InstallHalf(Endings):
         quiet = self.telemetry.status.get("state") in (State.BLOCKED.value, State.FAILED.value) and self.telemetry.status.get("targetVersion") == target.version
         # `installing update` as the script sent it: before the download, with both groups
         installing = {"currentVersion": current, "targetVersion": target.version, "attemptId": attempt.id, "mode": mode.value, "fromSlot": info.booted, "targetSlot": info.other(info.booted)}
-        if not quiet:
-            await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.DOWNLOADING.value, progress=0, reason=None)
-            await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
-            await self.telemetry.emit(Event.INSTALLING, **installing)
-            await self.telemetry.flush()  # the hub shows `installing` for the whole download
         handed_over = False  # the installer has the image: what fails now is the content's doing
         try:
             source: InstallSource
+            # the journal first: a status or event is never ahead of it (a cut in between
+            # would leave the status saying `installing` over an idle journal)
+            first = Phase.DOWNLOADING if mode is SourceKind.FILE else Phase.INSTALLING
+            count = self.journal.transition(first, attempt=attempt)
+            self._loop_guard(first, count)
+            if not quiet:
+                await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=first.value, progress=0, reason=None)
+                await self.telemetry.emit(Event.UPDATE_AVAILABLE, currentVersion=current, targetVersion=target.version, attemptId=attempt.id)
+                await self.telemetry.emit(Event.INSTALLING, **installing)
+                await self.telemetry.flush()  # the hub shows `installing` for the whole download
             if mode is SourceKind.FILE:
-                count = self.journal.transition(Phase.DOWNLOADING, attempt=attempt)
-                self._loop_guard(Phase.DOWNLOADING, count)
                 path = await self._download(target, document, quiet=quiet)
                 source = FileSource(path)
             elif mode is SourceKind.STREAM:
@@ -261,8 +264,9 @@ class InstallHalf(Endings):
                 )
             else:
                 source = UrlSource(await self._url_provider(document, target.image)(), size=target.image.size, sha256=target.image.sha256)
-            count = self.journal.transition(Phase.INSTALLING, attempt=attempt)
-            self._loop_guard(Phase.INSTALLING, count)
+            if first is not Phase.INSTALLING:
+                count = self.journal.transition(Phase.INSTALLING, attempt=attempt)
+                self._loop_guard(Phase.INSTALLING, count)
             await self.telemetry.update_status(state=State.INSTALLING.value, targetVersion=target.version, attemptId=attempt.id, phase=Phase.INSTALLING.value, progress=0, reason=None)
             if quiet:
                 await self.telemetry.emit(Event.INSTALLING, **installing)
