@@ -204,10 +204,9 @@ def test_every_model_has_scenarios() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_image_that_404s_and_then_appears_is_installed(kind: str, request: pytest.FixtureRequest) -> None:
+async def test_image_that_404s_and_then_appears_is_installed(kind: str) -> None:
     """An upload still propagating through a CDN: HTTP 404 for the image, then there. Nothing
     about the version's content was proven bad: the device backs off and installs it later."""
-    request.applymarker(pytest.mark.xfail(reason="issue 13 item 5: a 404 quarantines the version (fix pending in main)", strict=False))
     with scratch_dir() as root:
         sim = World(root / "w", kind, http=True)
         try:
