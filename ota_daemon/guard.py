@@ -105,6 +105,10 @@ class GuardSettings:
 
     source: str = f"{DEFAULT_CONFIG_PATH} (absent: defaults)"
     kind: str = "simulated"
+    #: the booted slot is the trial (RAUC: booted == primary): the reboot marks it bad first.
+    #: Not when another slot is primary: the booted one is then the fallback, and marking it
+    #: bad would leave nothing good to boot (set per reboot from the facts)
+    booted_is_trial: bool = True
     timeout: float = 1800.0
     commit_grace: float = 120.0
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
@@ -653,7 +657,7 @@ def reboot_system(settings: GuardSettings) -> None:
     Where the install armed the new slot for every boot (``traits.armed_at = install`` and no
     try-once), a plain reboot would boot the trial slot again: the booted slot is marked bad
     first (``rauc status mark-bad booted``), so the bootloader takes the other one."""
-    if settings.kind == "rauc":
+    if settings.kind == "rauc" and settings.booted_is_trial:
         run_tool([settings.rauc_bin, "status", "mark-bad", "booted"], _rauc_env(settings.rauc_bus))
     if settings.kind == "simulated":
         # the device's own boot rules (try-once); imported here: it pulls in pydantic
@@ -754,7 +758,7 @@ def run(settings: GuardSettings, env: Env | None = None, *, wait_early: bool = T
         }
         write_record(settings.state_dir, record)
         env.log(f"rebooting to roll back: {decision.reason}", WARNING)
-        env.reboot(settings)
+        env.reboot(dataclasses.replace(settings, booted_is_trial=facts.booted == facts.primary))
         return 0
 
 

@@ -65,6 +65,10 @@ class State(enum.StrEnum):
     ROLLBACK = "rollback"
 
 
+#: states that say an attempt is under way: never shown over an idle journal once a pass ran
+IN_FLIGHT_STATES = frozenset({State.INSTALLING.value, State.REBOOTING.value, State.COMMITTING.value, "downloading"})
+
+
 class Event(enum.StrEnum):
     """The ``event`` attribute of every event; the body is the script's message where it had one."""
 

@@ -23,7 +23,7 @@ from ota_daemon.errors import ConfigError, HubError, NoSpace, TransientError, Up
 from ota_daemon.installers.base import ImageFacts
 from ota_daemon.model import Asset, PinnedVersion, SourceKind, VersionDocument
 from ota_daemon.state import Phase
-from ota_daemon.telemetry import Event, State
+from ota_daemon.telemetry import IN_FLIGHT_STATES, Event, State
 
 
 class Engine(PostReboot):
@@ -64,6 +64,12 @@ class Engine(PostReboot):
         name, current = system_identity(self.config, info)
         current = current or "unknown"
         await self.telemetry.update_status(currentVersion=current, runningSlot=info.booted, agent=_agent())
+        if data.phase is Phase.IDLE and self.telemetry.status.get("state") in IN_FLIGHT_STATES:
+            # a cut after the journal ended an attempt and before the status said so: the
+            # journal is the truth, and the status follows it before anything can fail
+            outcome = data.last_outcome
+            ended = outcome is not None and outcome.attempt_id == self.telemetry.status.get("attemptId")
+            await self.telemetry.update_status(state=outcome.state if ended and outcome is not None else State.IDLE.value, phase=Phase.IDLE.value, progress=None)
 
         # one effective configuration for the whole pass, before anything acts on it: a reboot
         # policy or window from the hub holds for the resume step too

@@ -269,3 +269,24 @@ async def test_nearly_full_disk_blocks_then_installs(kind: str) -> None:
             assert sim.violations == []
         finally:
             await sim.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_status_follows_the_journal_after_a_cut_even_with_the_hub_away(kind: str) -> None:
+    """The image 404s: the attempt ends (journal idle) and the power goes before the status
+    says so; the hub is away at the next boot. That pass fails at the hub, yet the status it
+    leaves no longer claims an install under way: the journal is the truth."""
+    with scratch_dir() as root:
+        sim = World(root / "w", kind, http=True)
+        try:
+            sim.publish("1.1.0", "good")
+            sim.hide_asset("1.1.0")
+            sim.arm_cut("after:journal:downloading->idle")
+            assert result(await sim.run_pass()) == "cut"
+            assert Journal(sim.state_dir).load().phase is Phase.IDLE
+            sim.hub_down = True
+            await sim.run_pass()
+            assert sim.status().get("state") not in ("installing", "rebooting", "committing"), sim.status()
+            assert sim.violations == []
+        finally:
+            await sim.aclose()

@@ -509,3 +509,36 @@ def test_guard_subprocess_rolls_back_simulated_device(tmp_path: Path) -> None:
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert second.returncode == 0 and "nothing to do: committed" in second.stderr
     assert device.read()["boot_count"] == 3
+
+
+def test_guard_never_marks_the_fallback_bad(tmp_path: Path) -> None:
+    """RAUC with the old slot booted while the new one is primary (an install whose reboot came
+    back on the old slot, as a GRUB fallback leaves it): the guard may reboot to let the
+    bootloader decide, but the booted slot is the fallback, not a trial: it stays good. A stub
+    ``rauc`` keeps the slot states in a file, as RAUC's bootloader backend would."""
+    states = tmp_path / "states.json"
+    states.write_text(json.dumps({"rootfs.0": "good", "rootfs.1": "good"}))
+    stub = tmp_path / "rauc"
+    stub.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, sys\n"
+        f"path = {str(states)!r}\n"
+        "states = json.load(open(path))\n"
+        "if sys.argv[1:3] == ['status', '--output-format=json']:\n"
+        f"    status = json.loads({json.dumps(json.dumps(RAUC_STATUS))})\n"
+        "    print(json.dumps(status))\n"
+        "elif sys.argv[1:4] == ['status', 'mark-bad', 'booted']:\n"
+        "    states['rootfs.0'] = 'bad'\n"
+        "    json.dump(states, open(path, 'w'))\n"
+        "else:\n"
+        "    sys.exit(3)\n"
+    )
+    stub.chmod(0o755)
+    state_dir = tmp_path / "state"
+    write_journal(state_dir, "rebooting", id="att-1", target_slot="rootfs.1", boot_id="an-earlier-boot")
+    settings = GuardSettings(kind="rauc", rauc_bin=str(stub), rauc_bus="session", boot_id_file=tmp_path / "none",
+                             state_dir=state_dir, timeout=600.0, reboot_command=("true",))
+    env = guard.Env(uptime=lambda: 3600.0, now=lambda: 2_000_000_000.0, sleep=lambda s: None, log=lambda m, level: None)
+    assert guard.run(settings, env) == 0
+    assert json.loads((state_dir / "guard.json").read_text())["action"] == "reboot"
+    assert json.loads(states.read_text()) == {"rootfs.0": "good", "rootfs.1": "good"}, "the running fallback was marked bad"
