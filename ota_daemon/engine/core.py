@@ -53,6 +53,17 @@ class Engine(PostReboot):
                 self.telemetry.set_local(lastError=str(exc))
                 raise
 
+    async def _status_follows_journal(self) -> None:
+        """A cut after the journal ended an attempt (or a resume started it over) and before the
+        status said so: the journal is the truth, and the status follows it before anything
+        can fail at the hub."""
+        data = self.journal.data
+        if data.phase is not Phase.IDLE or self.telemetry.status.get("state") not in IN_FLIGHT_STATES:
+            return
+        outcome = data.last_outcome
+        ended = outcome is not None and outcome.attempt_id == self.telemetry.status.get("attemptId")
+        await self.telemetry.update_status(state=outcome.state if ended and outcome is not None else State.IDLE.value, phase=Phase.IDLE.value, progress=None)
+
     async def _reconcile(self, *, dry_run: bool) -> PassResult:
         structlog.contextvars.clear_contextvars()
         info = await self.installer.slot_info()
@@ -64,12 +75,6 @@ class Engine(PostReboot):
         name, current = system_identity(self.config, info)
         current = current or "unknown"
         await self.telemetry.update_status(currentVersion=current, runningSlot=info.booted, agent=_agent())
-        if data.phase is Phase.IDLE and self.telemetry.status.get("state") in IN_FLIGHT_STATES:
-            # a cut after the journal ended an attempt and before the status said so: the
-            # journal is the truth, and the status follows it before anything can fail
-            outcome = data.last_outcome
-            ended = outcome is not None and outcome.attempt_id == self.telemetry.status.get("attemptId")
-            await self.telemetry.update_status(state=outcome.state if ended and outcome is not None else State.IDLE.value, phase=Phase.IDLE.value, progress=None)
 
         # one effective configuration for the whole pass, before anything acts on it: a reboot
         # policy or window from the hub holds for the resume step too
@@ -77,6 +82,7 @@ class Engine(PostReboot):
         finished = await self._resume(data, info, current, dry_run=dry_run)
         if finished is not None:
             return finished
+        await self._status_follows_journal()
 
         path = config.hub.path
         if not path:
