@@ -155,9 +155,9 @@ async def test_signed_installer_pin_reaches_the_installer(signed: Signed) -> Non
     assert main(argv, out=io.StringIO()) == 0
     # what the engine hands to an installer that takes a pin (Rugix with use_bundle_hash)
     from ota_daemon.app import open_engine
-    from ota_daemon.engine.util import _bundle_hash
 
     async with open_engine(signed.config(), clock=signed.clock) as engine:
         document = await engine.hub.resolve("fleet/system/stable")
         target = await engine.pin(document, path="fleet/system/stable", system_name="sim-device", config=engine.config)
-    assert _bundle_hash(target.image) == pin
+    # the Rugix backend's Installer.bundle_hash reads exactly this from the pinned asset
+    assert target.image.metadata["rugix"]["bundleHash"] == pin
