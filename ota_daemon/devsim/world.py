@@ -443,30 +443,28 @@ class World:
             except PowerCut:
                 raise (seam.PowerCut(point) if seam is not None else PowerCut(point)) from None
 
+    def _thaw(self) -> None:
+        """Put back the state directory and the tool's state as the cut froze them."""
+        if self._frozen is None:
+            return
+        snapshot, model_state = self._frozen
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        if snapshot.exists():
+            snapshot.rename(self.state_dir)
+        self.model.restore(model_state)
+        self._frozen = None
+
     def restart_process(self) -> None:
         """The daemon died at the cut point; the system runs on: the files and the tool's
         state are what they were when it died, and no reboot happens."""
-        if self._frozen is not None:
-            snapshot, model_state = self._frozen
-            if self.state_dir.exists():
-                shutil.rmtree(self.state_dir)
-            if snapshot.exists():
-                snapshot.rename(self.state_dir)
-            self.model.restore(model_state)
-            self._frozen = None
+        self._thaw()
         self.powered = True
         self.crash_only = False
 
     def power_on(self) -> None:
         """Reboot or power on: the disk as the cut left it, then the bootloader's choice."""
-        if self._frozen is not None:
-            snapshot, model_state = self._frozen
-            if self.state_dir.exists():
-                shutil.rmtree(self.state_dir)
-            if snapshot.exists():
-                snapshot.rename(self.state_dir)
-            self.model.restore(model_state)
-            self._frozen = None
+        self._thaw()
         self.powered = True
         self.counters.reboots += 1
         try:
