@@ -54,10 +54,36 @@ costs a dictionary lookup.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-from ota_daemon import faults
+# the power-cut mechanism lives in faults (below state, which reaches it for journal writes);
+# it is re-exported here, where code and tests meet the seam
+from ota_daemon.faults import (
+    Hook,
+    PowerCut,
+    hooked,
+    power_is_off,
+    power_on,
+    reach,
+    reach_progress,
+    set_hook,
+)
 from ota_daemon.state import JOURNAL_SAVES, TRANSITIONS
+
+__all__ = [
+    "EFFECTS",
+    "PROGRESS_POINTS",
+    "Hook",
+    "PowerCut",
+    "cut_points",
+    "effect",
+    "hooked",
+    "power_is_off",
+    "power_on",
+    "reach",
+    "reach_progress",
+    "set_hook",
+]
 
 #: every effect outside the process, by name (journal writes come from ``state``)
 EFFECTS: frozenset[str] = frozenset(
@@ -94,71 +120,6 @@ PROGRESS_POINTS: frozenset[str] = frozenset({"install", "download"})
 def cut_points() -> list[str]:
     """Every cut point, sorted: ``before:<name>`` and ``after:<name>`` for each effect."""
     return sorted(f"{side}:{name}" for name in EFFECTS for side in ("before", "after"))
-
-
-class PowerCut(BaseException):
-    """The power went off at a cut point (raised by an in-process hook)."""
-
-
-Hook = Callable[[str], None]
-_hook: Hook | None = None
-_off = False
-
-
-def set_hook(hook: Hook | None) -> None:
-    """Install (or remove, with ``None``) the in-process hook; the power is on afterwards."""
-    global _hook, _off
-    _hook = hook
-    _off = False
-
-
-def power_on() -> None:
-    """The power is back: points call the hook again."""
-    global _off
-    _off = False
-
-
-def power_is_off() -> bool:
-    return _off
-
-
-@contextlib.contextmanager
-def hooked(hook: Hook) -> Iterator[None]:
-    """:func:`set_hook` for the duration of a ``with`` block."""
-    previous = _hook
-    set_hook(hook)
-    try:
-        yield
-    finally:
-        set_hook(previous)
-
-
-def reach(point: str) -> None:
-    """A point is reached: the hook may cut the power; an armed subprocess point kills."""
-    global _off
-    if _hook is not None:
-        if _off:
-            raise PowerCut(f"{point} (the power is off)")
-        try:
-            _hook(point)
-        except PowerCut:
-            _off = True
-            raise
-    faults.fault_point(point)
-
-
-def reach_progress(prefix: str, value: float) -> None:
-    """A progress point: ``<prefix>:<value>`` for the hook; fires an armed ``<prefix>:<n <= value>``."""
-    global _off
-    if _hook is not None:
-        if _off:
-            raise PowerCut(f"{prefix}:{value:g} (the power is off)")
-        try:
-            _hook(f"{prefix}:{value:g}")
-        except PowerCut:
-            _off = True
-            raise
-    faults.fault_threshold(prefix, value)
 
 
 @contextlib.contextmanager

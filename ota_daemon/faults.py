@@ -10,10 +10,12 @@ during a simulated slot write. Without the variable this costs one dictionary lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ENV = "OTA_DAEMON_FAULTS"
@@ -54,3 +56,72 @@ def fault_threshold(prefix: str, value: float) -> None:
         match = re.fullmatch(re.escape(prefix) + r":(\d+(?:\.\d+)?)", name)
         if match and float(match.group(1)) <= value:
             _fire(name)
+
+
+# ---------------------------------------------------------------- the in-process power cut
+# (the mechanism of the side-effect seam: ota_daemon.effects re-exports it and documents it)
+
+
+class PowerCut(BaseException):
+    """The power went off at a cut point (raised by an in-process hook)."""
+
+
+Hook = Callable[[str], None]
+_hook: Hook | None = None
+_off = False
+
+
+def set_hook(hook: Hook | None) -> None:
+    """Install (or remove, with ``None``) the in-process hook; the power is on afterwards."""
+    global _hook, _off
+    _hook = hook
+    _off = False
+
+
+def power_on() -> None:
+    """The power is back: points call the hook again."""
+    global _off
+    _off = False
+
+
+def power_is_off() -> bool:
+    return _off
+
+
+@contextlib.contextmanager
+def hooked(hook: Hook) -> Iterator[None]:
+    """:func:`set_hook` for the duration of a ``with`` block."""
+    previous = _hook
+    set_hook(hook)
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
+def reach(point: str) -> None:
+    """A point is reached: the hook may cut the power; an armed subprocess point kills."""
+    global _off
+    if _hook is not None:
+        if _off:
+            raise PowerCut(f"{point} (the power is off)")
+        try:
+            _hook(point)
+        except PowerCut:
+            _off = True
+            raise
+    fault_point(point)
+
+
+def reach_progress(prefix: str, value: float) -> None:
+    """A progress point: ``<prefix>:<value>`` for the hook; fires an armed ``<prefix>:<n <= value>``."""
+    global _off
+    if _hook is not None:
+        if _off:
+            raise PowerCut(f"{prefix}:{value:g} (the power is off)")
+        try:
+            _hook(f"{prefix}:{value:g}")
+        except PowerCut:
+            _off = True
+            raise
+    fault_threshold(prefix, value)

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ota_daemon.errors import JournalError, LockHeld
-from ota_daemon.faults import fault_point
+from ota_daemon.faults import fault_point, reach
 
 SCHEMA_VERSION = 1
 #: a journal larger than this is not one we wrote: it is moved aside unread
@@ -311,14 +311,15 @@ class Journal:
         self._write(f"journal:{why}")
 
     def _write(self, effect_name: str) -> None:
-        from ota_daemon.effects import effect
-
+        # the effect's cut points (ota_daemon.effects lists these names from TRANSITIONS and
+        # JOURNAL_SAVES), reached through faults, which state sits above
         self.data.store_count += 1
-        with effect(effect_name):
-            try:
-                atomic_write(self.path, self.data.model_dump_json(indent=1).encode())
-            except OSError as exc:
-                raise JournalError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from None
+        reach(f"before:{effect_name}")
+        try:
+            atomic_write(self.path, self.data.model_dump_json(indent=1).encode())
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from None
+        reach(f"after:{effect_name}")
 
     def transition(self, phase: Phase, **changes: Any) -> int:
         """Move to ``phase`` (writing first), counting entries for loop protection.
@@ -337,8 +338,6 @@ class Journal:
             self.data.phase_entries[key] = count
         self.data.phase = phase
         self._write(f"journal:{current.value}->{phase.value}")
-        from ota_daemon.effects import reach
-
         # the subprocess crash tests' older names for after:journal:<from>-><to>
         reach(f"journal:{phase.value}")
         reach(f"journal:{current.value}->{phase.value}")
