@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import urljoin
 
 import httpx
@@ -109,7 +109,11 @@ class SignedStaticHub:
 
     @classmethod
     def from_config(cls, *, config: Any, http: httpx.AsyncClient | None = None, clock: Clock | None = None, **_: Any) -> SignedStaticHub:
-        inner = StaticHub.from_config(config=config, http=http, clock=clock)
+        return cls._around(StaticHub.from_config(config=config, http=http, clock=clock), config=config, http=http, clock=clock)
+
+    @classmethod
+    def _around(cls, inner: Any, *, config: Any, http: httpx.AsyncClient | None, clock: Clock | None) -> Self:
+        """The signed hub over ``inner``, wired from the configuration (one place for every hub kind)."""
         return cls(
             inner=inner,
             state_dir=config.state.dir,

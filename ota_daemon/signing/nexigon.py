@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ota_daemon.clock import Clock, SystemClock
+from ota_daemon.clock import Clock
 from ota_daemon.model import Asset
-from ota_daemon.signing.hub import SignedStaticHub, device_id_from
+from ota_daemon.signing.hub import SignedStaticHub
 from ota_daemon.signing.layout import SignedFile
 from ota_daemon.signing.publish import SignedRepository
 from ota_daemon.signing.verify import DeviceVerifier, SignatureRefused, VerifiedRelease
@@ -46,16 +46,7 @@ class SignedNexigonHub(SignedStaticHub):
     def from_config(cls, *, config: Any, http: httpx.AsyncClient | None = None, clock: Clock | None = None, **kwargs: Any) -> SignedNexigonHub:
         from ota_daemon.hubs.nexigon import NexigonHub
 
-        inner = NexigonHub.from_config(config=config, http=http, clock=clock, **kwargs)
-        return cls(
-            inner=inner,
-            state_dir=config.state.dir,
-            trusted_root=config.hub.trusted_root,
-            device_id=device_id_from(config),
-            http=http,
-            clock=clock or SystemClock(),
-            deadline=float(config.hub.timeout) * 2,
-        )
+        return cls._around(NexigonHub.from_config(config=config, http=http, clock=clock, **kwargs), config=config, http=http, clock=clock)
 
     async def _verify(self, repository: str, package: str, tag: str) -> VerifiedRelease:
         document = await self.inner.resolve(f"{repository}/{package}/{tag}")
