@@ -16,7 +16,11 @@ Code marks an effect with the context manager::
 
 An effect's name must be in :data:`EFFECTS` (a typo raises at once). Journal writes are named
 by :mod:`ota_daemon.state`: ``journal:<from>-><to>`` for a transition and ``journal:<why>``
-for the other writes (``state.JOURNAL_SAVES``).
+for the other writes (``state.JOURNAL_SAVES``). Low-level helpers (``state.atomic_write``,
+``telemetry._open_append``) do the syscalls; every caller marks the effect around them.
+``tests/test_effect_seam.py`` scans the package and fails on a file write, rename or removal
+outside ``with effect(...)`` (directly or through such a helper) that its allow-list does not
+name with a reason.
 
 Two ways to cut power
 ---------------------
@@ -107,9 +111,25 @@ EFFECTS: frozenset[str] = frozenset(
         "spool.drop",
         "hub.events",
         "hub.status",
-        # the cache (the engine's part; the downloader's files are its own)
+        # the cache (the engine's part)
         "cache.clean",
         "cache.build-info",
+        # the downloader's files in the cache (download/)
+        "download.open",  # a fresh <dest>.partial.json (a stale partial dropped), the partial opened
+        "download.checkpoint",  # <dest>.partial.json: hash states, validator, boot (after a resume: cut back)
+        "download.finish",  # the verified partial renamed into place, its metadata removed
+        "download.discard",  # a partial (or a finished file that no longer verifies) dropped
+        "temp.sweep",  # a temporary file of a killed writer removed (tempfiles.py)
+        # state files beside the journal
+        "state.elapsed",  # elapsed.json: time counted across reboots
+        "state.hub-config",  # hub-config.json: the last hub overlay (written or removed)
+        "hub.etag-cache",  # the static hub's ETag cache of its document
+        # signed hubs (signing/): TUF metadata, the rollback floor, versions seen
+        "tuf.metadata",  # python-tuf's trusted metadata files (the refresh), its leftovers removed
+        "tuf.floor",  # the release floor: no older release installs after a newer one committed
+        "tuf.seen",  # version -> release of the versions seen signed
+        # ota-daemon-guard
+        "guard.record",  # guard.json: a rollback reboot it asked for
     }
 )
 

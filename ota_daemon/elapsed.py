@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 
 from ota_daemon.clock import Clock
+from ota_daemon.effects import effect
 from ota_daemon.faults import fault_point
 from ota_daemon.state import _read_regular, atomic_write
 
@@ -74,7 +75,8 @@ class Elapsed:
     def _save(self, boot: str, base: float, seen: float) -> None:
         data = json.dumps({"bootId": boot, "base": base, "seen": seen}).encode()
         try:
-            atomic_write(self.path, data)
+            with effect("state.elapsed"):
+                atomic_write(self.path, data)
         except OSError:
             return  # the count goes on in memory this pass; a later reading writes it
         fault_point("elapsed:written")

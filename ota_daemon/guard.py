@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.durations import parse_duration
+from ota_daemon.effects import effect
 from ota_daemon.traits import TRAITS
 
 DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
@@ -632,17 +633,18 @@ def write_record(state_dir: Path, record: Mapping[str, Any]) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / GUARD_FILE
     tmp = path.with_name(f".{GUARD_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(record, indent=1) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with effect("guard.record"):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(record, indent=1) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
     dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)

@@ -20,6 +20,8 @@ import os
 import re
 from pathlib import Path
 
+from ota_daemon.effects import effect
+
 #: ``.<name>.<pid>.tmp``: the temporary name of an atomic write.
 TEMP_NAME = re.compile(r"\..+\.(\d+)\.tmp")
 
@@ -84,7 +86,8 @@ def sweep_temporaries(*directories: Path, depth: int = 3) -> list[Path]:
                     mtime = path.lstat().st_mtime
                     if _may_be_writing(int(match.group(1)), mtime):
                         continue
-                    path.unlink()
+                    with effect("temp.sweep"):
+                        path.unlink()
                 except OSError:
                     continue
                 removed.append(path)

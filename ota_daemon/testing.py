@@ -185,12 +185,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.close_connection = True
         self.wfile.write(body)
         self.server.bytes_sent += len(body)
+        self.server.sent_by_path[self.path] = self.server.sent_by_path.get(self.path, 0) + len(body)
 
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     requests: list[str]
     bytes_sent: int
+    #: bytes of bodies sent, by request path
+    sent_by_path: dict[str, int]
     #: answer the next N requests with 503
     fail_next: int = 0
     #: cut the next N bodies (over 1 KiB) in half
@@ -210,6 +213,7 @@ def serve_directory(directory: Path) -> Iterator[_Server]:
     server = _Server(("127.0.0.1", 0), handler)
     server.requests = []
     server.bytes_sent = 0
+    server.sent_by_path = {}
     server.url = f"http://127.0.0.1:{server.server_address[1]}/"  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -34,7 +34,7 @@ from ota_daemon.hubs import get_hub
 from ota_daemon.installers import get_installer
 from ota_daemon.state import Journal, Phase
 from ota_daemon.telemetry import Telemetry
-from ota_daemon.testing import SimWorld
+from ota_daemon.testing import SimWorld, serve_directory
 
 
 class RefusingHub:
@@ -71,6 +71,9 @@ class Scenario:
     own_cut_is_crash: bool = False
     #: publish 1.1.0 built for another system, without build info (the installer refuses it)
     foreign: bool = False
+    #: the repository over loopback HTTP (else file URLs, which the downloader reads in place):
+    #: the downloader's partial file, checkpoints and rename, the static hub's ETag cache
+    http: bool = False
 
 
 def _corrupt(world: SimWorld, clock: FakeClock) -> None:
@@ -79,6 +82,20 @@ def _corrupt(world: SimWorld, clock: FakeClock) -> None:
     blob = world.repo_dir / "fleet" / image["url"]
     data = blob.read_bytes()
     blob.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+
+
+def _stale_temporary(world: SimWorld, clock: FakeClock) -> None:
+    """A checkpoint's temporary file left by a killed download (issue 12, defect 6)."""
+    cache = world.state_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / f".1.1.0.img.partial.json.{_dead_pid()}.tmp").write_text("{")
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000  # above the kernel's pid_max: no process has it
+    while Path(f"/proc/{pid}").exists():
+        pid += 1
+    return pid
 
 
 def _hook(world: SimWorld, point: str, body: str) -> None:
@@ -111,12 +128,12 @@ async def _retry(engine: Engine) -> None:
 FAILING_GATE = {"deadline": "1s", "interval": "1s", "checks": [{"kind": "command", "name": "app", "command": ["false"]}]}
 
 SCENARIOS = [
-    Scenario("update in file mode", "1.1.0"),
-    Scenario("update in stream mode", "1.1.0", {"download": {"mode": "stream"}}),
+    Scenario("update in file mode", "1.1.0", prepare=_stale_temporary, http=True),
+    Scenario("update in stream mode", "1.1.0", {"download": {"mode": "stream"}}, http=True),
     Scenario("hub refuses events", "1.1.0", refuse_events=True),
     Scenario("trial boot fails", "1.0.0", fail_trial_boot=True, final_outcome="rollback"),
     Scenario("health gate fails", "1.0.0", {"health": FAILING_GATE}, final_outcome="rollback"),
-    Scenario("corrupt image", "1.0.0", prepare=_corrupt, final_outcome="failed"),
+    Scenario("corrupt image", "1.0.0", prepare=_corrupt, final_outcome="failed", http=True),
     Scenario("pre-install hook fails", "1.0.0", prepare=_failing_pre_install, final_outcome="failed"),
     Scenario("lease defers the install", "1.1.0", {"policy": {"max_deferral": "1m"}}, prepare=_lease_on("install")),
     Scenario("lease defers the reboot", "1.1.0", {"policy": {"max_deferral": "1m"}}, prepare=_lease_on("reboot")),
@@ -172,7 +189,24 @@ async def run_scenario(root: Path, scenario: Scenario, cut_at: str | None) -> Ru
         world.publish("1.1.0", size=64 << 10)
     if scenario.prepare:
         scenario.prepare(world, clock)
-    tables = world.tables(**scenario.overrides)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(serve_directory(world.repo_dir)) if scenario.http else None
+        tables = world.tables(url=server.url if server else None, **scenario.overrides)  # type: ignore[attr-defined]
+        run = await _run_passes(world, scenario, cut_at, clock, tables)
+        if server is not None and scenario.final_outcome == "completed" and "mode" not in scenario.overrides.get("download", {}):
+            # file mode: every byte of the image comes once (a resume fetches only the rest);
+            # nothing is fetched again once the download finished
+            image = next(a for a in world.versions["1.1.0"].document["assets"] if a["filename"].endswith(".img"))
+            path = "/" + os.path.normpath(f"fleet/{image['url']}")
+            assert 0 < server.sent_by_path.get(path, 0) <= image["size"], (scenario.name, cut_at, server.sent_by_path, image)
+    # the downloader left nothing behind: no partial file, no metadata, no temporary file
+    cache = world.state_dir / "cache"
+    partials = [p.name for p in cache.iterdir() if ".partial" in p.name] if cache.is_dir() else []
+    assert not partials, (scenario.name, cut_at, partials)
+    return run
+
+
+async def _run_passes(world: SimWorld, scenario: Scenario, cut_at: str | None, clock: FakeClock, tables: dict[str, Any]) -> Run:
     reached: list[str] = []
     armed = [p for p in (scenario.own_cut, cut_at) if p]
     crash_only = {"next": scenario.own_cut_is_crash and scenario.own_cut is not None}
@@ -273,13 +307,28 @@ def reached_by(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]
     return out
 
 
+#: cut by their own tests: the guard's record below (the guard runs beside the engine, not in a
+#: pass), a signed hub's writes in tests/signing/test_power_cuts.py (a signed repository)
+OWN_TESTS = frozenset(
+    {"before:guard.record", "after:guard.record"}
+    | {f"{side}:tuf.{what}" for side in ("before", "after") for what in ("metadata", "floor", "seen")}
+)
+
+
+#: reached and cut by the device simulator's scenarios (tests/devsim: its hub-config rule)
+BY_DEVSIM = frozenset({"before:state.hub-config", "after:state.hub-config"})
+
+
 def test_every_cut_point_is_reached(reached_by: dict[str, list[int]]) -> None:
     """Every before/after point of every effect is reached by some scenario."""
-    missing = [p for p in effects.cut_points() if p not in reached_by]
+    from ota_daemon.devsim.rules import cut_points as devsim_points
+
+    assert set(devsim_points("simulated")) >= BY_DEVSIM  # tests/devsim/test_cut_coverage.py reaches them
+    missing = [p for p in effects.cut_points() if p not in reached_by and p not in OWN_TESTS | BY_DEVSIM]
     assert not missing, f"cut points no scenario reaches (add a scenario to SCENARIOS): {missing}"
 
 
-@pytest.mark.parametrize("point", effects.cut_points())
+@pytest.mark.parametrize("point", [p for p in effects.cut_points() if p not in OWN_TESTS | BY_DEVSIM])
 async def test_power_cut_at_every_point(tmp_path: Path, point: str, reached_by: dict[str, list[int]]) -> None:
     """Power cut at ``point`` (in each scenario that reaches it): the device converges."""
     indices = reached_by.get(point)
@@ -288,3 +337,34 @@ async def test_power_cut_at_every_point(tmp_path: Path, point: str, reached_by: 
     for index in indices:
         run = await run_scenario(tmp_path / f"s{index}", SCENARIOS[index], point)
         assert run.cut, (SCENARIOS[index].name, point)
+
+
+@pytest.mark.parametrize("point", ["before:guard.record", "after:guard.record"])
+async def test_power_cut_around_the_guards_record(point: str) -> None:
+    """``ota-daemon-guard`` rolls back a trial whose daemon never starts; the power goes just
+    before or after it writes ``guard.json``. Once the power is back the device converges to
+    the fallback, the rollback reported once, no temporary file of the record left."""
+    from ota_daemon.devsim.world import World, scratch_dir
+
+    with scratch_dir() as root:
+        world = World(root / "w", "simulated")
+        try:
+            world.publish("1.1.0", "no-daemon")
+            for _ in range(3):
+                if world.daemon_alive:
+                    await world.run_pass()
+            assert not world.daemon_alive, "the trial of 1.1.0 should have booted"
+            world.arm_cut(point)
+            with contextlib.suppress(effects.PowerCut), world._fault_hooks():
+                world.run_guard()
+            assert world.reached[point] == 1 and not world.powered, (point, dict(world.reached))
+            world.power_on()
+            assert await world.converge() is None, world.violations
+            assert world.violations == []
+            assert world.running_version() == "1.0.0"
+            kinds = [e["attributes"]["event"] for e in world.events()]
+            assert kinds.count("rollback") == 1 and "completed" not in kinds, kinds
+            leftovers = [p.name for p in world.state_dir.rglob("*") if p.name.endswith(".tmp")]
+            assert not leftovers, leftovers
+        finally:
+            await world.aclose()

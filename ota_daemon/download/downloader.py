@@ -54,6 +54,7 @@ from ota_daemon.download.partial import (
 )
 from ota_daemon.download.sinks import _FileSink, _StreamSink
 from ota_daemon.download.socket_transport import _raw_open
+from ota_daemon.effects import effect
 from ota_daemon.errors import (
     IntegrityError,
     NoSpace,
@@ -99,7 +100,8 @@ class Downloader:
             with contextlib.suppress(IntegrityError):
                 await self._verify_file(dest, asset, None)
                 return dest
-            dest.unlink(missing_ok=True)
+            with effect("download.discard"):
+                dest.unlink(missing_ok=True)
         partial = dest.with_name(dest.name + ".partial")
         meta_path = dest.with_name(dest.name + ".partial.json")
         job = _Job(asset=asset, provider=url, url=first, what=f"download of {asset.filename}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.download.hashing import Sha256
+from ota_daemon.effects import effect
 from ota_daemon.errors import (
     NoSpace,
     OtaError,
@@ -69,14 +70,15 @@ def _open_partial(partial: Path, meta_path: Path, asset: Asset, fresh: bool, chu
         and partial.exists()
     )
     boot = _boot_id()
-    if not usable:
-        partial.unlink(missing_ok=True)
-        meta = {"schema": _META_SCHEMA, "digest": asset.digest, "size": asset.size, "etag": None, "last_modified": None, "checkpoints": [], "boot": boot}
-        atomic_write(meta_path, json.dumps(meta).encode())  # before the partial file exists: no partial without its meta
+    with effect("download.open"):
+        if not usable:
+            partial.unlink(missing_ok=True)
+            meta = {"schema": _META_SCHEMA, "digest": asset.digest, "size": asset.size, "etag": None, "last_modified": None, "checkpoints": [], "boot": boot}
+            atomic_write(meta_path, json.dumps(meta).encode())  # before the partial file exists: no partial without its meta
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     checkpoints: list[tuple[int, bytes]] = []
     with contextlib.suppress(TypeError, ValueError):
         checkpoints = sorted((int(offset), bytes.fromhex(state)) for offset, state in meta.get("checkpoints") or [])
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         size = os.fstat(fd).st_size
         if size > asset.size:
@@ -118,11 +120,12 @@ def _open_partial(partial: Path, meta_path: Path, asset: Asset, fresh: bool, chu
             hasher = (restored(trusted) if trusted else None) or Sha256()
             if hasher.length != trusted:
                 hasher, trusted = Sha256(), 0
-        if trusted != os.fstat(fd).st_size:
-            os.ftruncate(fd, trusted)
         meta["checkpoints"] = [[at, state.hex()] for at, state in checkpoints if at <= trusted]
         meta["boot"] = boot
-        atomic_write(meta_path, json.dumps(meta).encode())  # the new boot only once the file is cut back
+        with effect("download.checkpoint"):
+            if trusted != os.fstat(fd).st_size:
+                os.ftruncate(fd, trusted)
+            atomic_write(meta_path, json.dumps(meta).encode())  # the new boot only once the file is cut back
         return _Partial(fd, hasher, trusted, meta)
     except BaseException:
         os.close(fd)
@@ -137,14 +140,19 @@ def _file_error(exc: OSError, path: Path, doing: str) -> OtaError:
 
 
 def _commit(partial: Path, dest: Path, meta_path: Path) -> None:
-    os.replace(partial, dest)
-    fsync_dir(dest.parent)
-    meta_path.unlink(missing_ok=True)
+    """The verified partial file takes its final name; its metadata goes (a cut between the
+    two leaves metadata without a partial file: the next download starts over it, and finds
+    ``dest`` verified first)."""
+    with effect("download.finish"):
+        os.replace(partial, dest)
+        fsync_dir(dest.parent)
+        meta_path.unlink(missing_ok=True)
 
 
 def _discard(partial: Path, meta_path: Path) -> None:
-    partial.unlink(missing_ok=True)
-    meta_path.unlink(missing_ok=True)
+    with effect("download.discard"):
+        partial.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
 
 
 def _discard_empty(partial: Path, meta_path: Path) -> None:

@@ -27,6 +27,7 @@ from ota_daemon.download.hashing import Sha256
 from ota_daemon.download.partial import (
     _boot_id,
 )
+from ota_daemon.effects import effect
 from ota_daemon.errors import (
     NoSpace,
     OtaError,
@@ -133,7 +134,8 @@ class _FileSink:
     def _write_meta(self, changes: dict[str, Any]) -> None:
         self.meta.update(changes)
         self.meta["boot"] = _boot_id()
-        atomic_write(self.meta_path, json.dumps(self.meta).encode())
+        with effect("download.checkpoint"):
+            atomic_write(self.meta_path, json.dumps(self.meta).encode())
 
     # -- on the event loop
     def watch(self, worker: Future[None]) -> None:
@@ -157,13 +159,18 @@ class _FileSink:
         log.warning("download restarts from zero", asset=self.job.asset.filename, reason=reason, discarded=self.offset)
         with contextlib.suppress(OtaError, OSError):
             await self._settle()
-        await self._on_syncer(os.ftruncate, self.fd, 0)
+        await self._on_syncer(self._truncate)
         self.sync_future = None
         self.hasher = Sha256()
         self.offset = self.synced_at = self.job.have = 0
         self.job.etag = self.job.last_modified = None
         self.job.single = True
         await self._on_syncer(self._write_meta, {"etag": None, "last_modified": None, "checkpoints": []})
+
+    def _truncate(self) -> None:
+        """Drop the bytes so far (the metadata that says so follows: a checkpoint)."""
+        with effect("download.discard"):
+            os.ftruncate(self.fd, 0)
 
     async def validator(self, etag: str | None, last_modified: str | None) -> None:
         if self.meta.get("etag") != etag or self.meta.get("last_modified") != last_modified:

@@ -410,10 +410,13 @@ def _save_overlay(path: Path, overlay: Any) -> None:
     """Keep the hub's property (written only when it changed; removed when the hub has none)."""
     try:
         if overlay is None:
-            path.unlink(missing_ok=True)
+            if path.exists():
+                with effect("state.hub-config"):
+                    path.unlink(missing_ok=True)
             return
         data = json.dumps(overlay, sort_keys=True).encode()
         if _read_saved_overlay(path) != json.loads(data):
-            atomic_write(path, data)
+            with effect("state.hub-config"):
+                atomic_write(path, data)
     except (OSError, ValueError, TypeError, RecursionError):
         return  # the overlay applies this pass all the same

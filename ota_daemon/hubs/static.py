@@ -35,6 +35,7 @@ import httpx
 from pydantic import ValidationError
 
 from ota_daemon.clock import Clock
+from ota_daemon.effects import effect
 from ota_daemon.errors import ConfigError, HubError, HubUnavailable, TransientError
 from ota_daemon.model import Asset, VersionDocument
 from ota_daemon.redact import redact_text, redact_url
@@ -211,7 +212,8 @@ class StaticHub:
         etag = _usable_etag(resp.headers.get("etag"))
         if cache is not None and etag is not None:
             cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(cache, json.dumps({"etag": etag, "document": document.model_dump(mode="json", by_alias=True, exclude_none=True)}).encode())
+            with effect("hub.etag-cache"):
+                atomic_write(cache, json.dumps({"etag": etag, "document": document.model_dump(mode="json", by_alias=True, exclude_none=True)}).encode())
         return self._with_base(document, repository)
 
     def _with_base(self, document: VersionDocument, repository: str) -> VersionDocument:

@@ -21,6 +21,7 @@ from urllib.parse import urljoin
 import httpx
 
 from ota_daemon.clock import Clock, SystemClock
+from ota_daemon.effects import effect
 from ota_daemon.errors import ConfigError
 from ota_daemon.hubs.base import Hub
 from ota_daemon.hubs.static import StaticHub
@@ -75,7 +76,8 @@ class ReleaseFloor:
         if release <= self.value:
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.path, json.dumps({"release": release, "version": version}).encode())
+        with effect("tuf.floor"):
+            atomic_write(self.path, json.dumps({"release": release, "version": version}).encode())
         self._value = release
         return True
 
@@ -198,7 +200,8 @@ class SignedStaticHub:
         while len(seen) > 16:
             seen.pop(next(iter(seen)))
         self._seen_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self._seen_file, json.dumps({v: list(r) for v, r in seen.items()}).encode())
+        with effect("tuf.seen"):
+            atomic_write(self._seen_file, json.dumps({v: list(r) for v, r in seen.items()}).encode())
 
     def _document(self, repository: str, verified: VerifiedRelease, *, local: bool = False) -> VersionDocument:
         signed = verified.tag

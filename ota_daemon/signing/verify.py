@@ -28,6 +28,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import Updater
 
 from ota_daemon.clock import Clock, iso
+from ota_daemon.effects import effect
 from ota_daemon.errors import HubError, HubUnavailable
 from ota_daemon.signing.fetcher import LIMITS, DaemonFetcher
 from ota_daemon.signing.layout import (
@@ -173,7 +174,8 @@ class DeviceVerifier:
     def _updater(self, fetcher: DaemonFetcher, now: float) -> Updater:
         self.metadata_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in self.metadata_dir.glob("tmp*"):  # the updater's temporary files, left by a power cut
-            leftover.unlink(missing_ok=True)
+            with effect("tuf.metadata"):
+                leftover.unlink(missing_ok=True)
         bootstrap: bytes | None = None
         if not (self.metadata_dir / "root.json").exists():
             try:
@@ -187,7 +189,8 @@ class DeviceVerifier:
 
     def _run(self, fetcher: DaemonFetcher, package: str, tag: str, now: float) -> VerifiedRelease:
         updater = self._updater(fetcher, now)
-        updater.refresh()
+        with effect("tuf.metadata"):  # python-tuf writes the metadata files it trusts (atomically)
+            updater.refresh()
         entry = updater.get_targetinfo(tag_path(package, tag))
         if entry is None:
             raise SignatureRefused(f"tag {package}/{tag} is not in the signed targets: the repository never signed it")
