@@ -1,52 +1,4 @@
-"""SWUpdate: ``swupdate -i`` writes the inactive slot; the U-Boot environment is the boot state.
-
-Facts and command lines: ``installer-backends.md`` §3 and §5.4 (SWUpdate 2022.12, Debian 12).
-
-Install
-    ``swupdate -l 4 -B uboot -k CA -H board:rev -e <software>,<mode> -i FILE`` with a private
-    ``TMPDIR`` (and ``RUNTIME_DIRECTORY``) per install, so its control and progress sockets never
-    meet a system SWUpdate daemon's. The mode is picked from the booted slot
-    (``selection = "stable,copy1|copy2"``, ``slots = ["A", "B"]``: booted A -> ``copy2``).
-    A byte stream goes in as ``-i /dev/stdin`` (2022.12 rejects ``-i -``); a URL as
-    ``-d "-u URL"`` (SWUpdate's own downloader; the URL is then on its command line).
-    SWUpdate finishes as soon as it has read the archive's last bytes, before the end of its
-    input, so a stream is fed holding back its last :data:`HOLD_BACK` bytes until the daemon's
-    source has ended without error: a stream that fails its digest never completes an install.
-
-Progress
-    Read from the progress socket ``$TMPDIR/swupdateprog``. The message layout depends on the
-    version (§3.2): 2022.12-2024.x send naturally aligned 2416-byte messages; 2024.12+ first send
-    an ``ACK`` record; 2025.12 packs messages into 2408 bytes. :class:`ProgressDecoder` detects
-    which. ``cur_step/nsteps`` and ``cur_percent`` (``dwl_percent`` while downloading) become
-    one percentage in 0..100.
-
-Boot state (the U-Boot environment, through libubootenv's ``fw_printenv``/``fw_setenv``)
-    The .swu's ``bootenv`` sets ``slot_var`` (``rootpart``) to the written slot; SWUpdate sets
-    ``ustate=1`` on success, ``ustate=3`` and ``recovery_status=failed`` when a handler fails.
-    The bootloader script counts boots and on fallback toggles ``rootpart`` back and sets
-    ``ustate=3``. So, with R = ``rootpart`` and U = ``ustate``:
-
-    ===============================  ==========================================
-    U = 1 or 2, booted != R          installed, R boots (on trial) next: pending
-    U = 1 or 2, booted == R          running R on trial: primary is the other
-    U = 3 (or recovery_status=fail)  the slot other than R failed: not bootable
-    otherwise                        R is the primary, committed
-    ===============================  ==========================================
-
-    Commit sets ``rootpart=<booted> ustate=0`` plus ``commit_env``; ``mark_bad(slot)`` sets
-    ``rootpart=<other> ustate=3`` plus ``commit_env``. Each is one ``fw_setenv -s`` write, and
-    nothing is written when the values are already there.
-
-Booted slot
-    ``booted_from = "cmdline"``: a kernel argument (``cmdline_arg``, mapped by ``cmdline_map``).
-    ``booted_from = "env"``: ``rootpart`` as the bootloader left it at boot. An install changes
-    ``rootpart`` before the reboot, so the value is pinned per boot id in ``state_file`` the
-    first time it is read in a boot (every pass reads slot info before it installs).
-
-SWUpdate 2022.12 reads ``/etc/fw_env.config`` and nothing else; ``fw_env_config`` (``-c`` for
-the tools) must describe the same environment. ``command_prefix`` runs swupdate through a
-wrapper (the tests use one that bind-mounts a private ``/etc`` in a mount namespace).
-"""
+"""The SWUpdate backend: :class:`SwupdateInstaller` (the package docstring has the facts)."""
 
 from __future__ import annotations
 
@@ -54,10 +6,8 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
-import struct
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,13 +19,24 @@ import structlog
 from ota_daemon.clock import Clock, SystemClock
 from ota_daemon.errors import InstallerError
 from ota_daemon.installers.base import ImageFacts, InstallOutcome, map_installer_errors, tail
+from ota_daemon.installers.swupdate.bootenv import (
+    BACKEND,
+    USTATE_FAILED,
+    USTATE_INSTALLED,
+    USTATE_OK,
+    parse_cmdline,
+    parse_env,
+    parse_selection,
+    slot_info_from_env,
+)
+from ota_daemon.installers.swupdate.output import error_summary, read_swu_version
+from ota_daemon.installers.swupdate.progress import ProgressDecoder, ProgressTracker
 from ota_daemon.model import (
     FileSource,
     InstallSource,
     Progress,
     ProgressCallback,
     SlotInfo,
-    SlotState,
     SourceKind,
     StreamSource,
     UrlSource,
@@ -87,251 +48,8 @@ from ota_daemon.traits import TRAITS, InstallerTraits
 
 log = structlog.get_logger("ota_daemon.installers.swupdate")
 
-BACKEND = "swupdate"
-#: bytes of a stream held back until the source has ended cleanly (see the module docstring)
+#: bytes of a stream held back until the source has ended cleanly (see the package docstring)
 HOLD_BACK = 64 * 1024
-#: ``ustate`` values (SWUpdate's ``update_state_t``)
-USTATE_OK, USTATE_INSTALLED, USTATE_TESTING, USTATE_FAILED = 0, 1, 2, 3
-
-# --------------------------------------------------------------------------- progress socket
-
-#: RECOVERY_STATUS
-STATUS_NAMES = {0: "idle", 1: "start", 2: "run", 3: "success", 4: "failure", 5: "download", 6: "done", 7: "subprocess", 8: "progress"}
-STATUS_START, STATUS_RUN, STATUS_SUCCESS, STATUS_FAILURE, STATUS_DOWNLOAD, STATUS_PROGRESS = 1, 2, 3, 4, 5, 8
-
-#: 2022.12 .. 2024.x: ``struct progress_msg`` naturally aligned (LP64 and ARM EABI): 2416 bytes
-LAYOUT_ALIGNED = struct.Struct("<IIIxxxxQIII256s64sII2048s4x")
-#: 2025.12: ``__attribute__((__packed__))`` with uint32 fields: 2408 bytes
-LAYOUT_PACKED = struct.Struct("<IIIQIII256s64sII2048s")
-#: 2024.12+: ``struct progress_connect_ack {uint32 apiversion; char magic[4] = "ACK"}`` first
-CONNECT_ACK = struct.Struct("<I4s")
-
-
-@dataclass(frozen=True)
-class ProgressMessage:
-    """One ``struct progress_msg``, whatever its layout."""
-
-    status: int
-    dwl_percent: int
-    dwl_bytes: int
-    nsteps: int
-    cur_step: int
-    cur_percent: int
-    cur_image: str
-    handler: str
-    source: int
-    info: str
-
-    @property
-    def status_name(self) -> str:
-        return STATUS_NAMES.get(self.status, str(self.status))
-
-
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-class ProgressDecoder:
-    """Split the progress socket's byte stream into messages, detecting the layout.
-
-    No ``ACK`` record first: the aligned layout (2022.12 .. 2024.x). After an ``ACK``, the
-    API version repeats at the start of every message; where the second message starts tells
-    the packed layout from the aligned one (at the end of the stream, the length does).
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._ack_checked = False
-        self.apiversion: int | None = None
-        self.layout: struct.Struct | None = None
-
-    def feed(self, data: bytes) -> list[ProgressMessage]:
-        self._buf += data
-        if not self._ack_checked:
-            if len(self._buf) < CONNECT_ACK.size:
-                return []
-            self._ack_checked = True
-            api, magic = CONNECT_ACK.unpack_from(self._buf)
-            if magic == b"ACK\0":
-                self.apiversion = api
-                del self._buf[: CONNECT_ACK.size]
-            else:
-                self.layout = LAYOUT_ALIGNED
-        if self.layout is None:
-            self.layout = self._guess(final=False)
-            if self.layout is None:
-                return []
-        return self._drain()
-
-    def finish(self) -> list[ProgressMessage]:
-        """The stream ended: decode what is left (a lone message after an ``ACK``)."""
-        if self.layout is None and self._ack_checked:
-            self.layout = self._guess(final=True)
-        return self._drain() if self.layout is not None else []
-
-    def _guess(self, *, final: bool) -> struct.Struct | None:
-        assert self.apiversion is not None
-        api = struct.pack("<I", self.apiversion)
-        size = len(self._buf)
-        if size >= LAYOUT_ALIGNED.size + 4:
-            for layout in (LAYOUT_PACKED, LAYOUT_ALIGNED):
-                if self._buf[layout.size : layout.size + 4] == api:
-                    return layout
-            raise ValueError(f"progress socket: API version {self.apiversion:#x} announced, but no known message layout follows")
-        if final and size:
-            for layout in (LAYOUT_ALIGNED, LAYOUT_PACKED):
-                if size % layout.size == 0:
-                    return layout
-        return None
-
-    def _drain(self) -> list[ProgressMessage]:
-        assert self.layout is not None
-        out: list[ProgressMessage] = []
-        size = self.layout.size
-        while len(self._buf) >= size:
-            fields = self.layout.unpack_from(self._buf)
-            del self._buf[:size]
-            _magic, status, dwl, dwl_bytes, nsteps, cur_step, cur_percent, image, handler, source, infolen, info = fields
-            if status > 8 or infolen > len(info) or cur_percent > 100 or dwl > 100:
-                raise ValueError(
-                    f"progress socket: message does not fit the expected layout (status {status}, "
-                    f"percent {cur_percent}, infolen {infolen})"
-                )
-            out.append(
-                ProgressMessage(
-                    status=status,
-                    dwl_percent=dwl,
-                    dwl_bytes=dwl_bytes,
-                    nsteps=nsteps,
-                    cur_step=cur_step,
-                    cur_percent=cur_percent,
-                    cur_image=_cstr(image),
-                    handler=_cstr(handler),
-                    source=source,
-                    info=info[:infolen].decode("utf-8", "replace"),
-                )
-            )
-        return out
-
-
-class ProgressTracker:
-    """Turns SWUpdate's messages into :class:`Progress` (0..100, never going backwards)."""
-
-    def __init__(self) -> None:
-        self.percent = 0.0
-        self.version: str | None = None
-
-    def update(self, msg: ProgressMessage) -> Progress | None:
-        if msg.info:
-            self._note_version(msg.info)
-        if msg.status == STATUS_SUCCESS:
-            percent, text = 100.0, "installed"
-        elif msg.status == STATUS_START:
-            percent, text = 0.0, "swupdate started"
-        elif msg.status in (STATUS_RUN, STATUS_PROGRESS) and msg.nsteps > 0 and msg.cur_step > 0:
-            done = min(msg.cur_step - 1, msg.nsteps) + (msg.cur_percent / 100.0 if msg.cur_step <= msg.nsteps else 0.0)
-            percent = min(99.0, 100.0 * done / msg.nsteps)
-            if msg.cur_step > msg.nsteps:
-                text = "finishing (bootloader environment)"
-            else:
-                text = f"step {msg.cur_step}/{msg.nsteps}: {msg.cur_image or 'image'} ({msg.handler or 'handler'}) {msg.cur_percent}%"
-        elif msg.status == STATUS_DOWNLOAD or (msg.dwl_percent and msg.nsteps == 0):
-            percent = min(99.0, float(msg.dwl_percent))
-            text = f"downloading {msg.dwl_percent}%"
-        else:
-            return None
-        self.percent = max(self.percent, percent)
-        return Progress("installing", self.percent, text)
-
-    def _note_version(self, info: str) -> None:
-        # 2022.12 sends {"0": {"VERSION" : "1.2.3"}} once the sw-description is parsed
-        with contextlib.suppress(ValueError, RecursionError):
-            data = json.loads(info)
-            stack: list[Any] = [data]
-            while stack:
-                item = stack.pop()
-                if isinstance(item, dict):
-                    version = item.get("VERSION")
-                    if isinstance(version, str) and version:
-                        self.version = version
-                        return
-                    stack.extend(item.values())
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
-def parse_selection(selection: str) -> tuple[str, tuple[str, str]]:
-    """``"stable,copy1|copy2"`` as ``("stable", ("copy1", "copy2"))``."""
-    software, _, modes = selection.partition(",")
-    first, _, second = modes.partition("|")
-    return software.strip(), (first.strip(), second.strip())
-
-
-def parse_env(text: str) -> dict[str, str]:
-    """``fw_printenv`` output: one ``name=value`` per line."""
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name:
-            env[name] = value
-    return env
-
-
-def parse_cmdline(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for word in text.split():
-        name, _, value = word.partition("=")
-        out[name] = value
-    return out
-
-
-_ERROR_PREFIX = re.compile(r"^\[ERROR\]\s*:\s*SWUPDATE failed \[\d+\]\s*(?:ERROR\s*:\s*)?")
-_CAUSE = re.compile(r"cannot|not successful|failed|error|no such|denied|mismatch", re.IGNORECASE)
-_NOISE = re.compile(r"lua_report_exception|mtd|libmtd|SWUpdate \*failed\*", re.IGNORECASE)
-
-
-def error_summary(stdout: str, stderr: str) -> tuple[str, list[str]]:
-    """SWUpdate's own words for a failure: its ERROR lines, and the trace lines naming a cause."""
-    errors: list[str] = []
-    for line in stderr.splitlines():
-        match = _ERROR_PREFIX.match(line.strip())
-        if match:
-            text = line.strip()[match.end() :].strip()
-            if text and "SWUpdate *failed*" not in text and text not in errors:
-                errors.append(text)
-    causes: list[str] = []
-    for line in stdout.splitlines():
-        if line.startswith(("[TRACE]", "[WARN ]", "[ERROR]")) and _CAUSE.search(line) and not _NOISE.search(line):
-            text = line.split(" : ", 2)[-1].strip()
-            if text not in causes:
-                causes.append(text)
-    summary = "; ".join(errors) or tail(stderr, lines=3) or "no error text"
-    if causes:
-        summary += f" ({'; '.join(causes[:3])})"
-    return summary, causes
-
-
-def read_swu_version(path: Path) -> str | None:
-    """``version`` from the sw-description at the start of a .swu (cpio newc/crc), if it is there."""
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(110)
-            if len(header) < 110 or header[:6] not in (b"070701", b"070702"):
-                return None
-            size, namesize = int(header[54:62], 16), int(header[94:102], 16)
-            if namesize > 4096:
-                return None
-            name = fh.read(namesize)
-            if name.rstrip(b"\0") != b"sw-description" or size > 1 << 20:
-                return None
-            fh.read((4 - (110 + namesize) % 4) % 4)
-            text = fh.read(size).decode("utf-8", "replace")
-    except (OSError, ValueError):
-        return None
-    match = re.search(r'\bversion\s*=\s*"([^"]+)"', text)
-    return match.group(1) if match else None
-
 
 _emit = report_progress
 
@@ -534,51 +252,10 @@ class SwupdateInstaller:
         return value
 
     def slot_info_from(self, env: dict[str, str], booted: str, boot_id: str) -> SlotInfo:
-        """Slot facts from the environment and the booted slot (the table in the module docstring)."""
-        target = env.get(self.slot_var)
-        if target not in self.slots:
-            raise InstallerError(
-                f"swupdate: bootloader variable {self.slot_var}={target!r} names no slot; expected {' or '.join(self.slots)}",
-                backend=BACKEND,
-                phase="slot_info",
-            )
-        assert target is not None
-        try:
-            ustate: int | None = int(env.get("ustate", "0"))
-        except ValueError:
-            ustate = None
-        recovery = env.get("recovery_status")
-        good: dict[str, bool | None] = dict.fromkeys(self.slots)
-        failed: str | None = None
-        pending: str | None = None
-        if ustate == USTATE_FAILED or recovery == "failed":
-            primary, failed = target, self.other(target)
-            good[target] = True
-            good[failed] = False
-        elif ustate in (USTATE_INSTALLED, USTATE_TESTING):
-            if booted == target:
-                primary = self.other(target)  # running the new slot on trial
-            else:
-                primary, pending = booted, target  # installed; tried on the next boot
-            good[primary] = True
-        else:
-            primary = target
-            good[target] = True
-        slots = {
-            name: SlotState(
-                name=name,
-                version=env.get(self.version_var.format(slot=name)) if self.version_var else None,
-                bootable=name != failed,
-                good=good[name],
-            )
-            for name in self.slots
-        }
-        extra: dict[str, Any] = {"ustate": ustate, "bootEnv": {k: env[k] for k in self._watched() if k in env}}
-        if recovery is not None:
-            extra["recoveryStatus"] = recovery
-        if failed is not None:
-            extra["failedSlot"] = failed
-        return SlotInfo(booted=booted, primary=primary, slots=slots, boot_id=boot_id, pending=pending, extra=extra)
+        """Slot facts from the environment and the booted slot (the table in the package docstring)."""
+        return slot_info_from_env(
+            env, booted, boot_id, slots=self.slots, slot_var=self.slot_var, version_var=self.version_var, watched=self._watched()
+        )
 
     def _watched(self) -> list[str]:
         return [self.slot_var, "ustate", "recovery_status", *self.commit_env, *self.trial_env]
