@@ -367,11 +367,11 @@ def test_version_details_cache_garbage_is_dropped(hub_env: tuple[Loop, Path], en
     assert document.version_id == VERSION_ID
 
 
-# --------------------------------------------------------------------------- findings in hubs/nexigon.py (not fixed here)
+# --------------------------------------------------------------------------- findings in hubs/nexigon/ (not fixed here)
 
 
 def test_socket_frame_deeply_nested(agent: tuple[Loop, FakeAgent]) -> None:
-    """Finding for hubs/nexigon.py: a response frame of '[' * 100000 should be _Broken/_SocketUnavailable."""
+    """Finding for hubs/nexigon/: a response frame of '[' * 100000 should be _Broken/_SocketUnavailable."""
     loop, fake = agent
     fake.handshake = MAGIC + frame({"result": "Ok", "version": 1})
     body = DEEP_JSON[0].encode()
@@ -385,7 +385,7 @@ def test_socket_frame_deeply_nested(agent: tuple[Loop, FakeAgent]) -> None:
 
 
 def test_cli_stdout_deeply_nested(hub_env: tuple[Loop, Path]) -> None:
-    """Finding for hubs/nexigon.py: stdout of '[' * 100000 should be a HubError ('printed something that is not JSON')."""
+    """Finding for hubs/nexigon/: stdout of '[' * 100000 should be a HubError ('printed something that is not JSON')."""
     loop, base = hub_env
     hub = NexigonHub(socket_path=base / "absent.sock", cache_dir=None, clock=FakeClock())
     hub._cli = ScriptedCli([DEEP_JSON[0]])
@@ -394,7 +394,7 @@ def test_cli_stdout_deeply_nested(hub_env: tuple[Loop, Path]) -> None:
 
 
 def test_legacy_config_deeply_nested(tmp_path: Path) -> None:
-    """Finding for hubs/nexigon.py: /etc/nexigon-rugix-ota.json of '[' * 100000 should be a ConfigError."""
+    """Finding for hubs/nexigon/: /etc/nexigon-rugix-ota.json of '[' * 100000 should be a ConfigError."""
     path = tmp_path / "legacy.json"
     path.write_text(DEEP_JSON[0])
     with pytest.raises(ConfigError):
@@ -404,7 +404,7 @@ def test_legacy_config_deeply_nested(tmp_path: Path) -> None:
 def test_device_cache_without_device_id(
     hub_env: tuple[Loop, Path], agent: tuple[Loop, FakeAgent]
 ) -> None:
-    """Finding for hubs/nexigon.py: a device.json without deviceId should be ignored (ask the agent)."""
+    """Finding for hubs/nexigon/: a device.json without deviceId should be ignored (ask the agent)."""
     loop, fake = agent
     cache = hub_env[1] / "device-cache"
     cache.mkdir(exist_ok=True)
@@ -421,7 +421,7 @@ def test_device_cache_without_device_id(
 
 
 def test_details_cache_with_huge_timestamp(hub_env: tuple[Loop, Path]) -> None:
-    """Finding for hubs/nexigon.py: a cache entry with fetchedAt = 10**400 should be dropped."""
+    """Finding for hubs/nexigon/: a cache entry with fetchedAt = 10**400 should be dropped."""
     loop, base = hub_env
     cache = base / "huge-cache"
     (cache / "versions").mkdir(parents=True, exist_ok=True)
