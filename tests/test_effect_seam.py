@@ -51,13 +51,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("installers/simulated.py", "SimulatedDevice.write"): "the simulated device's bootloader state, written by installer calls the engine's InstallerSeam marks",
     ("installers/simulated.py", "SimulatedDevice.boot"): "the simulated bootloader at power-on (the device's side, not the daemon's)",
     ("installers/simulated.py", "SimulatedInstaller.install"): "inside installer.install (the engine's InstallerSeam)",
-    ("installers/swupdate.py", "SwupdateInstaller.install"): "inside installer.install (the engine's InstallerSeam): swupdate's scratch directory",
+    ("installers/swupdate/installer.py", "SwupdateInstaller.install"): "inside installer.install (the engine's InstallerSeam): swupdate's scratch directory",
     # not routed yet (issue 12): these files are being split; each becomes a named effect
-    ("installers/swupdate.py", "SwupdateInstaller._booted"): "NOT YET ROUTED: the booted slot pinned per boot",
-    ("hubs/nexigon.py", "NexigonHub._get_actor"): "NOT YET ROUTED: the device id file",
-    ("hubs/nexigon.py", "NexigonHub._cached_details"): "NOT YET ROUTED: version details cache",
-    ("hubs/nexigon.py", "NexigonHub._store_details"): "NOT YET ROUTED: version details cache",
-    ("hubs/nexigon.py", "NexigonHub.invalidate"): "NOT YET ROUTED: version details cache",
+    ("installers/swupdate/installer.py", "SwupdateInstaller._booted"): "NOT YET ROUTED: the booted slot pinned per boot",
+    ("hubs/nexigon/hub.py", "NexigonHub._get_actor"): "NOT YET ROUTED: the device id file",
+    ("hubs/nexigon/hub.py", "NexigonHub._cached_details"): "NOT YET ROUTED: version details cache",
+    ("hubs/nexigon/hub.py", "NexigonHub._store_details"): "NOT YET ROUTED: version details cache",
+    ("hubs/nexigon/hub.py", "NexigonHub.invalidate"): "NOT YET ROUTED: version details cache",
 }
 
 _WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_EXCL", "_OPEN_APPEND"}
