@@ -60,6 +60,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from ota_daemon import faults
+
 # the power-cut mechanism lives in faults (below state, which reaches it for journal writes);
 # it is re-exported here, where code and tests meet the seam
 from ota_daemon.faults import (
@@ -130,6 +132,7 @@ EFFECTS: frozenset[str] = frozenset(
         "tuf.seen",  # version -> release of the versions seen signed
         # ota-daemon-guard
         "guard.record",  # guard.json: a rollback reboot it asked for
+        "guard.reboot",  # its reboot (RAUC's trial marked bad first; the simulated bootloader's state)
     }
 )
 
@@ -150,6 +153,5 @@ def effect(name: str) -> Iterator[None]:
     """
     if name not in EFFECTS:
         raise ValueError(f"effect {name!r} is not in effects.EFFECTS; add it there (and a scenario that reaches it)")
-    reach(f"before:{name}")
-    yield
-    reach(f"after:{name}")
+    with faults.effect(name):
+        yield

@@ -113,6 +113,17 @@ def reach(point: str) -> None:
     fault_point(point)
 
 
+@contextlib.contextmanager
+def effect(name: str) -> Iterator[None]:
+    """The seam's mark (:func:`ota_daemon.effects.effect`) for code that must stay light (the
+    guard imports nothing beyond the standard library and this): the same cut points, without
+    the check against ``effects.EFFECTS``, which ``tests/test_effect_seam.py`` makes statically
+    for every ``effect("<name>")`` in the package. No ``after`` point when the body raises."""
+    reach(f"before:{name}")
+    yield
+    reach(f"after:{name}")
+
+
 def reach_progress(prefix: str, value: float) -> None:
     """A progress point: ``<prefix>:<value>`` for the hook; fires an armed ``<prefix>:<n <= value>``."""
     global _off

@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.durations import parse_duration
-from ota_daemon.effects import effect
+from ota_daemon.faults import effect
 from ota_daemon.traits import TRAITS
 
 DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
@@ -760,7 +760,8 @@ def run(settings: GuardSettings, env: Env | None = None, *, wait_early: bool = T
         }
         write_record(settings.state_dir, record)
         env.log(f"rebooting to roll back: {decision.reason}", WARNING)
-        env.reboot(dataclasses.replace(settings, booted_is_trial=facts.booted == facts.primary))
+        with effect("guard.reboot"):  # the trial slot marked bad where the tool needs it, then the reboot
+            env.reboot(dataclasses.replace(settings, booted_is_trial=facts.booted == facts.primary))
         return 0
 
 

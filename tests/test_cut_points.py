@@ -310,7 +310,7 @@ def reached_by(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]
 #: cut by their own tests: the guard's record below (the guard runs beside the engine, not in a
 #: pass), a signed hub's writes in tests/signing/test_power_cuts.py (a signed repository)
 OWN_TESTS = frozenset(
-    {"before:guard.record", "after:guard.record"}
+    {f"{side}:guard.{what}" for side in ("before", "after") for what in ("record", "reboot")}
     | {f"{side}:tuf.{what}" for side in ("before", "after") for what in ("metadata", "floor", "seen")}
 )
 
@@ -339,11 +339,12 @@ async def test_power_cut_at_every_point(tmp_path: Path, point: str, reached_by: 
         assert run.cut, (SCENARIOS[index].name, point)
 
 
-@pytest.mark.parametrize("point", ["before:guard.record", "after:guard.record"])
-async def test_power_cut_around_the_guards_record(point: str) -> None:
+@pytest.mark.parametrize("point", sorted(p for p in OWN_TESTS if ":guard." in p))
+async def test_power_cut_around_the_guards_rollback(point: str) -> None:
     """``ota-daemon-guard`` rolls back a trial whose daemon never starts; the power goes just
-    before or after it writes ``guard.json``. Once the power is back the device converges to
-    the fallback, the rollback reported once, no temporary file of the record left."""
+    before or after it writes ``guard.json``, or before or after its reboot. Once the power is
+    back the device converges to the fallback, the rollback reported once, no temporary file of
+    the record left."""
     from ota_daemon.devsim.world import World, scratch_dir
 
     with scratch_dir() as root:
