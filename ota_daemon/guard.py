@@ -19,7 +19,8 @@ Uncommitted, per ``installer.kind``:
   ``boot_primary`` (slot names, as the RAUC backend reports them) — or, since RAUC makes the
   new slot primary at install and cannot show a trial (``traits.trial_visible`` false), the
   daemon's journal holds an uncommitted attempt whose target is the booted slot, requested in
-  an earlier boot (:func:`with_journal_trial`). Rebooting then marks the booted slot bad
+  an earlier boot, whose health gate has not passed (:func:`with_journal_trial`; once it passed
+  the commit may be done in RAUC though not yet journaled). Rebooting then marks the booted slot bad
   first (``rauc status mark-bad booted``): a plain reboot would boot the trial slot again.
 - ``swupdate``: ``fw_printenv ustate rootpart``: ``ustate`` is ``1`` (INSTALLED) or ``2``
   (TESTING) and the booted slot is the one ``rootpart`` names (``0`` is OK, ``3`` FAILED: the
@@ -306,6 +307,7 @@ class JournalFacts:
     boot_id: str | None = None
     target_slot: str | None = None
     committed: bool = False  # the daemon journaled the installer's commit of this attempt
+    gate_passed: bool = False  # the gate passed and the installer's commit was asked for (maybe done)
     problem: str | None = None  # why the journal could not be read, if it could not
 
 
@@ -333,6 +335,7 @@ def read_journal(state_dir: Path) -> JournalFacts:
         boot_id=text(attempt.get("boot_id")),
         target_slot=text(attempt.get("target_slot")),
         committed=attempt.get("committed") is True,
+        gate_passed=bool(text(attempt.get("gate_passed_boot"))),
     )
 
 
@@ -342,7 +345,10 @@ def with_journal_trial(facts: SlotFacts, journal: JournalFacts) -> SlotFacts:
     RAUC makes the new slot primary when it installs, so after the reboot into it ``booted ==
     primary`` whether or not the daemon committed (``traits.trial_visible`` is false). The
     journal tells: an attempt whose target is the booted slot, in phase ``rebooting`` or
-    ``committing``, not committed, and requested in an earlier boot is a trial boot.
+    ``committing``, not committed, and requested in an earlier boot is a trial boot — unless
+    its health gate passed and the commit was asked of the tool: a power cut between RAUC's
+    ``mark-good`` and the journal's ``committed`` leaves exactly that, and marking the slot bad
+    then would destroy a committed version (the daemon finishes the commit on its next pass).
     """
     if facts.uncommitted or TRAITS[facts.kind].trial_visible:
         return facts
@@ -351,6 +357,7 @@ def with_journal_trial(facts: SlotFacts, journal: JournalFacts) -> SlotFacts:
         and journal.target_slot is not None
         and journal.target_slot == facts.booted
         and not journal.committed
+        and not journal.gate_passed
         and journal.boot_id != facts.boot_id
     )
     if not trial:

@@ -87,6 +87,7 @@ JOURNAL_SAVES: frozenset[str] = frozenset(
         "deferral",  # a deferral began or ended (policy.max_deferral bookkeeping)
         "outcome",  # the last outcome recorded while idle
         "reboot-requested",  # attempt.reboot_requested: the reboot is about to be asked for
+        "gate-passed",  # attempt.gate_passed_boot: the gate passed; the installer's commit comes next
         "committed",  # attempt.committed: the installer confirmed the commit
         "failure",  # attempt.failure: the gate failed on this boot; rolling back
         "quarantine-cleared",  # ota-daemon retry, or the hub's retryFailed
@@ -123,6 +124,10 @@ class Attempt(BaseModel):
     failure: str | None = None
     #: the installer confirmed the commit (some tools cannot tell a trial boot from a committed one)
     committed: bool = False
+    #: the boot in which the health gate passed and the installer was asked to commit, journaled
+    #: before the commit: a cut between the installer's commit and ``committed`` leaves a slot the
+    #: tool may hold as committed (RAUC cannot show it), which the guard must not roll back
+    gate_passed_boot: str | None = None
     #: what the other slot held when the attempt began (a slot left as it was was not written)
     other_version: str | None = None
     #: the target version came from the image, the hub or the operator; False: a placeholder

@@ -34,7 +34,15 @@ from typing import Any
 from ota_daemon import faults
 from ota_daemon.clock import FakeClock
 from ota_daemon.config import Config, HealthCheckConfig, build_config
-from ota_daemon.devsim.models import MODELS, Behaviour, BrickedError, Model, PowerCut, sim_image
+from ota_daemon.devsim.models import (
+    MODELS,
+    Behaviour,
+    BrickedError,
+    Model,
+    PowerCut,
+    RaucModel,
+    sim_image,
+)
 from ota_daemon.engine import Engine, PassResult
 from ota_daemon.errors import HubError, TransientError
 from ota_daemon.health import CheckResult, HealthGate
@@ -189,6 +197,8 @@ class World:
         self.hidden_assets: dict[Path, bytes] = {}
         self.tagged: str = "1.0.0"
         self.committed_good: set[str] = {"1.0.0"}
+        #: (slot, content) of every commit the installer made of a good system
+        self.committed_slots: list[tuple[str, dict[str, Any]]] = [(self.model.booted, self.model.booted_content() or {})]
         self.gate_passed_boots: set[str] = set()
         #: attempt id -> the slot its install wrote
         self.attempt_wrote: dict[str, str] = {}
@@ -293,6 +303,7 @@ class World:
                 self.effect(f"installer:{name}:after")
                 if name == "commit" and model.behaviour() is Behaviour.GOOD:
                     self.committed_good.add(str((model.booted_content() or {}).get("version")))
+                    self.committed_slots.append((model.booted, model.booted_content() or {}))
                 return result
 
             return call
@@ -536,9 +547,13 @@ class World:
 
         env = Env(uptime=lambda: 1800.0 + 60.0, now=self.clock.now, sleep=self.clock.advance,
                   probe=self.model.guard_facts, reboot=reboot, log=lambda message, level: None)
+        booted, content = self.model.booted, self.model.booted_content()
         code = run(settings, env)
         if rebooted:
             self.counters.guard_reboots += 1
+            # the guard is for trials nobody committed: never a system the installer committed
+            if (booted, content) in self.committed_slots:
+                self.violate(f"the guard rebooted away from slot {booted} holding {(content or {}).get('version')}, which the installer had committed")
             self.power_on()
         return code
 
@@ -549,7 +564,8 @@ class World:
         args = list(argv)[1:]
         if self.kind == "rauc" and args[:2] == ["status", "mark-bad"]:
             slot = self.model.booted if args[2:3] in (["booted"], []) else args[2]
-            self.model.state["boot"][slot] = "bad"
+            if isinstance(self.model, RaucModel):
+                self.model.tool_mark_bad(slot)
         return subprocess.CompletedProcess(list(argv), 0, "", "")
 
     # ------------------------------------------------------------------ invariants

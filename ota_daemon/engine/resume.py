@@ -123,6 +123,10 @@ class PostReboot(InstallHalf):
                 )
             if run_health and self.health is not None:
                 await self.health.run()
+            # journaled before the commit: after a cut the tool may hold the slot as committed
+            # while the journal does not know it; the guard then leaves the slot alone
+            attempt.gate_passed_boot = info.boot_id
+            self.journal.save("gate-passed")
             await self.installer.commit()
             attempt.committed = True
             self.journal.save("committed")

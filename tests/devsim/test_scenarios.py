@@ -167,7 +167,7 @@ TRIAL_POINTS = {"journal:rebooting->committing", "journal:committing->committing
     f"{side}:{name}"
     for side in ("before", "after")
     for name in (
-        "journal:rebooting->committing", "journal:committing->committing", "status.write", "status.hub-doc",
+        "journal:rebooting->committing", "journal:committing->committing", "journal:gate-passed", "status.write", "status.hub-doc",
         "status.published", "events.append", "spool.append", "spool.rewrite", "hub.status", "hub.events",
     )
 } | {"before:installer.commit"}
@@ -290,3 +290,46 @@ async def test_status_follows_the_journal_after_a_cut_even_with_the_hub_away(kin
             assert sim.violations == []
         finally:
             await sim.aclose()
+
+
+async def test_cut_after_the_installers_commit_before_the_journal_knows(sim: World) -> None:
+    """The gate passed and the installer committed (RAUC: ``mark-good``), the power went before
+    ``committed`` was journaled; the device boots the committed slot again and the guard's timer
+    fires before the daemon's first pass in that boot (seed 1 of the long exploration). RAUC
+    cannot tell a committed slot from an armed one, so only the journal can: the guard must not
+    mark the slot bad and reboot (that degraded the committed 1.1.0 and the next pass reported
+    a rollback); the next pass finishes the commit and reports one completion."""
+    sim.publish("1.1.0", "good")
+    assert result(await sim.run_pass()) == "rebooting"
+    sim.arm_cut("before:journal:committed")
+    assert result(await sim.run_pass()) == "cut"
+    assert sim.running_version() == "1.1.0", sim.model.observe()
+    sim.run_guard()
+    assert sim.violations == []
+    assert sim.counters.guard_reboots == 0, sim.model.observe()
+    assert sim.running_version() == "1.1.0"
+    assert result(await sim.run_pass()) == "completed"
+    assert sim.model.next_boot() == sim.model.booted
+    assert await sim.converge() is None, sim.violations
+    assert endings(sim) == ["completed"]
+    assert sim.violations == []
+
+
+async def test_guard_leaves_the_fallback_it_rolled_back_to_alone(sim: World) -> None:
+    """After the guard rolled back a trial whose daemon never started, the old slot runs
+    committed; the guard's timer in the next boots must find it committed. (RAUC's ``mark-bad``
+    drops the slot from the boot order, so it is no longer primary; the model kept it primary
+    and the guard rebooted away from the committed 1.0.0: seed 1 of the long exploration.)"""
+    sim.publish("1.1.0", "no-daemon")
+    assert result(await sim.run_pass()) == "rebooting"
+    sim.run_guard()
+    assert sim.running_version() == "1.0.0", sim.model.observe()
+    assert sim.counters.guard_reboots == 1
+    sim.run_guard()
+    assert sim.counters.guard_reboots == 1, sim.model.observe()
+    assert sim.violations == []
+    assert result(await sim.run_pass()) == "rollback"
+    sim.run_guard()
+    assert sim.counters.guard_reboots == 1, sim.model.observe()
+    assert sim.running_version() == "1.0.0"
+    assert sim.violations == []
