@@ -20,7 +20,9 @@ for the other writes (``state.JOURNAL_SAVES``). Low-level helpers (``state.atomi
 ``telemetry._open_append``) do the syscalls; every caller marks the effect around them.
 ``tests/test_effect_seam.py`` scans the package and fails on a file write, rename or removal
 outside ``with effect(...)`` (directly or through such a helper) that its allow-list does not
-name with a reason.
+name with a reason, and on an ``effect("<name>")`` whose name is not in :data:`EFFECTS`.
+``ota-daemon-guard``, which must import nothing beyond the standard library, marks its effects
+with :func:`ota_daemon.faults.effect`: the same cut points without the run-time registry check.
 
 Two ways to cut power
 ---------------------
@@ -126,10 +128,14 @@ EFFECTS: frozenset[str] = frozenset(
         "state.elapsed",  # elapsed.json: time counted across reboots
         "state.hub-config",  # hub-config.json: the last hub overlay (written or removed)
         "hub.etag-cache",  # the static hub's ETag cache of its document
+        "hub.device-id",  # the Nexigon hub's device id as the agent gave it (device.json)
+        "hub.details-cache",  # the Nexigon hub's cache of version details (written, pruned, dropped)
         # signed hubs (signing/): TUF metadata, the rollback floor, versions seen
         "tuf.metadata",  # python-tuf's trusted metadata files (the refresh), its leftovers removed
         "tuf.floor",  # the release floor: no older release installs after a newer one committed
         "tuf.seen",  # version -> release of the versions seen signed
+        # installer state outside the installer calls
+        "swupdate.booted-pin",  # the slot this boot started from, pinned before an install re-arms rootpart
         # ota-daemon-guard
         "guard.record",  # guard.json: a rollback reboot it asked for
         "guard.reboot",  # its reboot (RAUC's trial marked bad first; the simulated bootloader's state)

@@ -307,11 +307,19 @@ def reached_by(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]
     return out
 
 
-#: cut by their own tests: the guard's record below (the guard runs beside the engine, not in a
-#: pass), a signed hub's writes in tests/signing/test_power_cuts.py (a signed repository)
+#: cut by their own tests: the guard's record and reboot below (the guard runs beside the
+#: engine, not in a pass); a signed hub's writes in tests/signing/test_power_cuts.py (a signed
+#: repository); the Nexigon hub's files in tests/nexigon/test_power_cuts.py (the agent double);
+#: SWUpdate's booted-slot pin in tests/swupdate/test_swupdate_power_cuts.py (the real SWUpdate)
 OWN_TESTS = frozenset(
-    {f"{side}:guard.{what}" for side in ("before", "after") for what in ("record", "reboot")}
-    | {f"{side}:tuf.{what}" for side in ("before", "after") for what in ("metadata", "floor", "seen")}
+    f"{side}:{name}"
+    for side in ("before", "after")
+    for name in (
+        "guard.record", "guard.reboot",
+        "tuf.metadata", "tuf.floor", "tuf.seen",
+        "hub.device-id", "hub.details-cache",
+        "swupdate.booted-pin",
+    )
 )
 
 

@@ -64,12 +64,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("installers/simulated.py", "SimulatedInstaller.mark_bad"): "inside installer.mark_bad",
     ("installers/swupdate/installer.py", "SwupdateInstaller.install"): "inside installer.install: swupdate's scratch directory",
     ("guard.py", "reboot_system"): "the guard's Env.reboot: called inside guard.reboot",
-    # not routed yet (issue 12): these files are being split; each becomes a named effect
-    ("installers/swupdate/installer.py", "SwupdateInstaller._booted"): "NOT YET ROUTED: the booted slot pinned per boot",
-    ("hubs/nexigon/hub.py", "NexigonHub._get_actor"): "NOT YET ROUTED: the device id file",
-    ("hubs/nexigon/hub.py", "NexigonHub._cached_details"): "NOT YET ROUTED: version details cache",
-    ("hubs/nexigon/hub.py", "NexigonHub._store_details"): "NOT YET ROUTED: version details cache",
-    ("hubs/nexigon/hub.py", "NexigonHub.invalidate"): "NOT YET ROUTED: version details cache",
 }
 
 _WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_EXCL", "_OPEN_APPEND"}

@@ -37,7 +37,8 @@ UNMODELLED = frozenset(
     {
         "events.trim", "journal:deferral", "journal:outcome", "journal:quarantine-cleared", "spool.drop",
         "download.open", "download.checkpoint", "download.finish", "download.discard", "temp.sweep", "hub.etag-cache",
-        "tuf.metadata", "tuf.floor", "tuf.seen", "guard.record", "guard.reboot", "state.elapsed",
+        "tuf.metadata", "tuf.floor", "tuf.seen", "hub.device-id", "hub.details-cache",
+        "swupdate.booted-pin", "guard.record", "guard.reboot", "state.elapsed",
     }
 )
 

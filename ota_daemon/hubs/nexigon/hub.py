@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import structlog
 
 from ota_daemon.clock import Clock, SystemClock
+from ota_daemon.effects import effect
 from ota_daemon.errors import (
     EventsPartlyDelivered,
     HubError,
@@ -174,7 +175,8 @@ class NexigonHub:
             path = self._cache_path("device.json")
             if path is not None:
                 ensure_private_dir(path.parent)
-                atomic_write(path, json.dumps({"deviceId": device_id}).encode())
+                with effect("hub.device-id"):
+                    atomic_write(path, json.dumps({"deviceId": device_id}).encode())
         return device_id
 
     async def _device_call(self, action: str, fields: Mapping[str, Any]) -> Any:
@@ -250,7 +252,8 @@ class NexigonHub:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError, OverflowError, RecursionError):
-            file.unlink(missing_ok=True)
+            with effect("hub.details-cache"):
+                file.unlink(missing_ok=True)
             return None
         age = self.clock.now() - fetched
         if not 0 <= age <= self.details_ttl:
@@ -258,7 +261,8 @@ class NexigonHub:
         try:
             return parse_details(raw, version_id, path)
         except HubError:
-            file.unlink(missing_ok=True)
+            with effect("hub.details-cache"):
+                file.unlink(missing_ok=True)
             return None
 
     def _store_details(self, version_id: str, raw: Any) -> None:
@@ -268,10 +272,11 @@ class NexigonHub:
         try:
             ensure_private_dir(directory)
             entry = {"fetchedAt": self.clock.now(), "details": raw}
-            atomic_write(directory / f"{version_id}.json", json.dumps(entry).encode())
-            files = sorted(directory.glob("pkg_v_*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-            for old in files[_CACHE_KEEP:]:
-                old.unlink(missing_ok=True)
+            with effect("hub.details-cache"):
+                atomic_write(directory / f"{version_id}.json", json.dumps(entry).encode())
+                files = sorted(directory.glob("pkg_v_*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+                for old in files[_CACHE_KEEP:]:
+                    old.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("cannot cache version details", version_id=version_id, error=str(exc))
 
@@ -281,7 +286,8 @@ class NexigonHub:
         if directory is None or not directory.exists():
             return
         for file in directory.glob(f"{version_id or 'pkg_v_*'}.json"):
-            file.unlink(missing_ok=True)
+            with effect("hub.details-cache"):
+                file.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ download URLs
     async def issue_url(self, document: VersionDocument, asset: Asset) -> str:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import structlog
 
 from ota_daemon.clock import Clock, SystemClock
+from ota_daemon.effects import effect
 from ota_daemon.errors import InstallerError
 from ota_daemon.installers.base import ImageFacts, InstallOutcome, map_installer_errors, tail
 from ota_daemon.installers.swupdate.bootenv import (
@@ -248,7 +249,8 @@ class SwupdateInstaller:
         assert value is not None
         with map_installer_errors(BACKEND, "recording the booted slot"):
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.state_file, json.dumps({"bootId": boot_id, "booted": value}).encode(), mode=0o644)
+            with effect("swupdate.booted-pin"):
+                atomic_write(self.state_file, json.dumps({"bootId": boot_id, "booted": value}).encode(), mode=0o644)
         return value
 
     def slot_info_from(self, env: dict[str, str], booted: str, boot_id: str) -> SlotInfo:
