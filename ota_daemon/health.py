@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from dataclasses import dataclass
 
 import httpx
 
 from ota_daemon.clock import Clock
 from ota_daemon.config import HealthCheckConfig, HealthConfig
+from ota_daemon.download.client import HTTP_FAILURES, http_failure
 from ota_daemon.errors import HealthCheckFailed, OtaError
 from ota_daemon.hubs.base import Hub
 from ota_daemon.installers.base import tail
@@ -82,8 +82,8 @@ class HealthGate:
                 return CheckResult(name, False, "no HTTP client")
             try:
                 resp = await self.http.get(str(check.url), timeout=check.timeout)
-            except (httpx.HTTPError, ssl.SSLError) as exc:  # a TLS alert after the handshake reaches us unwrapped
-                return CheckResult(name, False, f"{type(exc).__name__} from {redact_url(str(check.url))}")
+            except HTTP_FAILURES as exc:
+                return CheckResult(name, False, f"{redact_url(str(check.url))}: {http_failure(exc)}")
             ok = 200 <= resp.status_code < 300
             return CheckResult(name, ok, "" if ok else f"HTTP {resp.status_code}")
         if check.kind == "hub":

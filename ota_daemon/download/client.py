@@ -1,4 +1,4 @@
-"""The daemon's HTTP client and TLS context; ``file://`` URLs as paths."""
+"""The daemon's HTTP client and TLS context; what its failures say; ``file://`` URLs as paths."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ota_daemon.config import TlsConfig
 from ota_daemon.errors import (
     ConfigError,
 )
+from ota_daemon.redact import redact_text
 
 
 def local_path(url: str) -> Path | None:
@@ -90,3 +91,46 @@ def make_http_client(tls: TlsConfig | None = None, *, timeout: float = 30.0) -> 
     client = httpx.AsyncClient(verify=ctx, timeout=httpx.Timeout(timeout), trust_env=True, follow_redirects=True)
     _CLIENTS[client] = _ClientInfo(ssl_context=ctx)
     return client
+
+
+#: what an exchange through the daemon's client raises instead of answering: httpx's errors,
+#: and :class:`ssl.SSLError` unwrapped (a TLS alert after the handshake, such as a refused
+#: client certificate, reaches the caller from the first read, not from httpx)
+HTTP_FAILURES: tuple[type[BaseException], ...] = (httpx.HTTPError, ssl.SSLError)
+
+
+def _in_chain(exc: BaseException, kind: type[ssl.SSLError]) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """What went wrong with TLS in ``exc`` (raised by an exchange, or in its chain), or
+    ``None`` when it was not TLS: ``TLS: the server's certificate is not trusted (self-signed
+    certificate); check tls.ca_file``, ``TLS: the handshake failed (<OpenSSL's reason>)``."""
+    cert = _in_chain(exc, ssl.SSLCertVerificationError)
+    if isinstance(cert, ssl.SSLCertVerificationError):
+        reason = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or "verification failed"
+        return f"TLS: the server's certificate is not trusted ({redact_text(str(reason))}); check tls.ca_file"
+    failed = _in_chain(exc, ssl.SSLError)
+    if failed is not None:
+        reason = getattr(failed, "reason", None) or failed.strerror or type(failed).__name__
+        return f"TLS: the handshake failed ({redact_text(str(reason))[:120]})"
+    return None
+
+
+def http_failure(exc: BaseException) -> str:
+    """One line for an exchange that failed with ``exc`` (one of :data:`HTTP_FAILURES`): a TLS
+    failure named as such (:func:`tls_failure`), else the error's type and its redacted text.
+    Holds no URL; each caller names the request its own way (``redact_url``)."""
+    tls = tls_failure(exc)
+    if tls is not None:
+        return tls
+    detail = redact_text(str(exc)).strip()[:200]
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

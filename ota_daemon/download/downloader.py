@@ -39,7 +39,7 @@ from ota_daemon.download.base import (
     _UseHttpx,
     log,
 )
-from ota_daemon.download.client import _CLIENTS, local_path
+from ota_daemon.download.client import _CLIENTS, local_path, tls_failure
 from ota_daemon.download.hashing import Sha256
 from ota_daemon.download.httpx_transport import _HttpxResponse
 from ota_daemon.download.memory import cap_malloc_arenas, release_free_memory
@@ -480,9 +480,8 @@ class Downloader:
         return _HttpxResponse(resp, self._read_size())
 
     def _raise_network(self, url: str, exc: BaseException) -> NoReturn:
-        cert = _cert_error(exc)
-        if cert is not None:
-            raise TransientError(f"TLS: the certificate of {redact_url(url)} is not trusted ({cert.verify_message}); not retried") from None
+        if _cert_error(exc) is not None:
+            raise TransientError(f"{redact_url(url)}: {tls_failure(exc)}; not retried") from None
         raise _Retry(f"cannot reach {redact_url(url)}: {_network_reason(exc)}") from None
 
     def _read_size(self) -> int:

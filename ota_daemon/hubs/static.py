@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import re
-import ssl
 import stat
 import zlib
 from pathlib import Path
@@ -35,10 +34,11 @@ import httpx
 from pydantic import ValidationError
 
 from ota_daemon.clock import Clock
+from ota_daemon.download.client import HTTP_FAILURES, http_failure
 from ota_daemon.effects import effect
 from ota_daemon.errors import ConfigError, HubError, HubUnavailable, TransientError
 from ota_daemon.model import Asset, VersionDocument
-from ota_daemon.redact import redact_text, redact_url
+from ota_daemon.redact import redact_url
 from ota_daemon.state import atomic_write
 
 MAX_DOCUMENT = 1 << 20
@@ -177,9 +177,8 @@ class StaticHub:
                     return resp, body
         except TimeoutError:
             raise HubUnavailable(f"static hub {redact_url(url)}: no complete answer within hub.timeout ({self.timeout:g} s)") from None
-        except (httpx.HTTPError, ssl.SSLError) as exc:  # a TLS alert after the handshake reaches us unwrapped
-            detail = redact_text(str(exc)).strip()[:200]
-            raise HubUnavailable(f"static hub {redact_url(url)}: {type(exc).__name__}{': ' + detail if detail else ''}") from None
+        except HTTP_FAILURES as exc:
+            raise HubUnavailable(f"static hub {redact_url(url)}: {http_failure(exc)}") from None
 
     # ------------------------------------------------------------------ Hub
     async def resolve(self, path: str) -> VersionDocument:

@@ -11,7 +11,6 @@ a total deadline: endless or slowly dripping metadata ends as a refusal, not a h
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -20,7 +19,8 @@ import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError
 from tuf.ngclient import FetcherInterface, UpdaterConfig
 
-from ota_daemon.redact import redact_text, redact_url
+from ota_daemon.download.client import HTTP_FAILURES, http_failure
+from ota_daemon.redact import redact_url
 
 #: TUF's caps, a little tighter than its defaults: metadata of a device repository is small
 LIMITS = UpdaterConfig(
@@ -120,9 +120,8 @@ class DaemonFetcher(FetcherInterface):
                     return 200, bytes(body), resp.headers.get("etag")
         except TimeoutError:
             raise DownloadError(f"{redact_url(url)}: not complete within {self.deadline:g} s") from None
-        except (httpx.HTTPError, ssl.SSLError) as exc:  # a TLS alert after the handshake reaches us unwrapped
-            detail = redact_text(str(exc)).strip()[:200]
-            raise DownloadError(f"{redact_url(url)}: {type(exc).__name__}{': ' + detail if detail else ''}") from None
+        except HTTP_FAILURES as exc:
+            raise DownloadError(f"{redact_url(url)}: {http_failure(exc)}") from None
 
     @staticmethod
     def _read_file(path: Path, cap: int) -> tuple[int, bytes, str | None]:

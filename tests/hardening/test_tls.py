@@ -12,14 +12,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
+from tuf.api.exceptions import DownloadError
 
 from ota_daemon.app import open_engine
 from ota_daemon.clock import FakeClock
-from ota_daemon.config import build_config
+from ota_daemon.config import HealthCheckConfig, HealthConfig, TlsConfig, build_config
+from ota_daemon.download.client import http_failure, make_http_client
 from ota_daemon.engine import Result
 from ota_daemon.errors import HubUnavailable, TransientError
+from ota_daemon.health import HealthGate
+from ota_daemon.hubs.static import StaticHub
+from ota_daemon.signing.fetcher import DaemonFetcher
 from ota_daemon.testing import SimWorld
 
 
@@ -94,7 +100,7 @@ async def test_bad_certificates_refused(tls_world: SimWorld, ca: trustme.CA, tmp
     for url in https_server(tls_world.repo_dir, cert):
         with pytest.raises((HubUnavailable, TransientError)) as caught:
             await _pass(tls_world, url, **({"ca_file": str(tmp_path / "ca.pem")} if trust_ours else {}))
-    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert "TLS: the server's certificate is not trusted" in str(caught.value)
     assert tls_world.device.slot_path("b").read_bytes() == b""
 
 
@@ -109,3 +115,63 @@ async def test_mutual_tls(tls_world: SimWorld, ca: trustme.CA, tmp_path: Path) -
             await _pass(tls_world, url, ca_file=str(tmp_path / "ca.pem"))
         result = await _pass(tls_world, url, ca_file=str(tmp_path / "ca.pem"), client_cert=str(tmp_path / "client.pem"), client_key=str(tmp_path / "client.key"))
         assert result.result is Result.REBOOTING
+
+
+SECRET = "s3cr3t-T0KEN"
+
+
+async def _failures(url: str, tls: TlsConfig) -> dict[str, str]:
+    """The message of each path that fetches over the daemon's HTTP client, for one server."""
+    base = url.replace("https://", f"https://ota:{SECRET}@")
+    issued = f"{url}repo/pkg/timestamp.json?X-Amz-Signature={SECRET}"
+    out: dict[str, str] = {}
+    async with make_http_client(tls, timeout=10.0) as http:
+        with pytest.raises(HubUnavailable) as hub_error:
+            await StaticHub(base_url=base, http=http, timeout=10.0).resolve("repo/pkg/stable")
+        out["static hub"] = str(hub_error.value)
+        with pytest.raises(DownloadError) as tuf_error:
+            await DaemonFetcher(http, None, deadline=10.0).get(issued)
+        out["TUF fetcher"] = str(tuf_error.value)
+        gate = HealthGate(HealthConfig(checks=[]), hub=None, clock=FakeClock(), http=http)
+        result = await gate.run_check(HealthCheckConfig(kind="http", url=issued, timeout=10.0))
+        assert not result.ok
+        out["health check"] = result.output
+    return out
+
+
+@pytest.mark.parametrize("case", ["unknown CA", "wrong host", "expired"])
+async def test_tls_failures_read_the_same_on_every_path(ca: trustme.CA, tmp_path: Path, case: str) -> None:
+    """A server certificate we cannot trust reads the same on the static hub, the TUF fetcher
+    and the health check: that TLS refused the server, why, and which setting to check; with
+    no credential of the URL (user info, a pre-signed query) in it."""
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = TlsConfig(ca_file=tmp_path / "ca.pem")
+    if case == "wrong host":
+        cert = ca.issue_cert("updates.example.com")
+    elif case == "expired":
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+        cert = ca.issue_cert("127.0.0.1", not_before=past - datetime.timedelta(days=30), not_after=past)
+    else:
+        cert, tls = trustme.CA().issue_cert("127.0.0.1"), TlsConfig()
+    for url in https_server(tmp_path, cert):
+        messages = await _failures(url, tls)
+    reasons = set()
+    for path, message in messages.items():
+        assert "TLS: the server's certificate is not trusted (" in message, f"{path}: {message}"
+        assert "; check tls.ca_file" in message, f"{path}: {message}"
+        assert SECRET not in message and "X-Amz-Signature" not in message, f"{path}: {message}"
+        reasons.add(message[message.index("TLS: ") :])
+    assert len(reasons) == 1, messages
+
+
+def test_a_tls_alert_reaching_us_unwrapped_is_named() -> None:
+    """An ssl.SSLError the exchange raises itself (a TLS alert after the handshake reaches the
+    caller unwrapped, e.g. a refused client certificate) is named as a TLS failure, alone or
+    under httpx's error; other errors keep their type and lose their URLs' credentials."""
+    alert = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
+    assert http_failure(alert).startswith("TLS: the handshake failed (")
+    wrapped = httpx.ReadError("")
+    wrapped.__cause__ = alert
+    assert http_failure(wrapped) == http_failure(alert)
+    reset = httpx.ConnectError(f"cannot connect to https://h/x?sig={SECRET}")
+    assert http_failure(reset).startswith("ConnectError: ") and SECRET not in http_failure(reset)
