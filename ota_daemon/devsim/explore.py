@@ -1,6 +1,7 @@
 """``python -m ota_daemon.devsim explore``: a long seeded exploration of random scenarios.
 
-Each scenario starts a fresh device (installers in turn) and takes random steps from
+Each scenario starts a fresh device (installers in turn; every other round with its repository
+served over loopback HTTP, so the downloader's files are cut too) and takes random steps from
 :mod:`.rules`; invariants are checked after every step, and at the end the faults stop and
 the device must converge. Prints one line per scenario, the transcript of every scenario that
 broke an invariant, and a summary: scenarios, steps, passes, cut points reached (of the
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.devsim.models import MODELS, BrickedError
-from ota_daemon.devsim.rules import CLOCK_JUMPS, WEIGHTS, Driver, cut_points
+from ota_daemon.devsim.rules import CLOCK_JUMPS, GUARD_POINTS, WEIGHTS, Driver, cut_points
 from ota_daemon.devsim.world import RELEASE_KINDS, World, scratch_dir
 
 
@@ -31,6 +32,7 @@ async def random_step(driver: Driver, rng: random.Random, points: list[str]) -> 
         "tag": {"index": rng.randrange(1000)},
         "cut": {"point": rng.choice(points)},
         "crash": {"point": rng.choice(points)},
+        "guard_cut": {"point": rng.choice(GUARD_POINTS)},
         "stream": {"on": rng.random() < 0.5},
         "clock_jump": {"seconds": rng.choice(CLOCK_JUMPS)},
         "outage": {"hours": rng.choice((2.0, 26.0, 50.0))},
@@ -44,10 +46,12 @@ async def random_step(driver: Driver, rng: random.Random, points: list[str]) -> 
     return line
 
 
-async def scenario(root: Path, kind: str, rng: random.Random, steps: int, reached: Counter[str], results: Counter[str] | None = None) -> tuple[list[str], list[str], int, int]:
-    world = World(root, kind, seed=rng.randrange(1 << 30))
+async def scenario(
+    root: Path, kind: str, rng: random.Random, steps: int, reached: Counter[str], results: Counter[str] | None = None, *, http: bool = False,
+) -> tuple[list[str], list[str], int, int]:
+    world = World(root, kind, seed=rng.randrange(1 << 30), http=http)
     driver = Driver(world)
-    points = cut_points(kind)
+    points = cut_points(kind, http=http)
     transcript: list[str] = []
     try:
         for _ in range(steps):
@@ -79,13 +83,16 @@ async def explore(seed: int, total_steps: int, scenario_steps: int, kinds: list[
     with scratch_dir() as tmp:
         while steps < total_steps:
             kind = kinds[scenarios % len(kinds)]
+            # every other round of installers serves the repository over loopback HTTP (the
+            # downloader's partial files and checkpoints, the hub's ETag cache)
+            http = (scenarios // len(kinds)) % 2 == 1
             root = Path(tmp) / f"s{scenarios}"
-            transcript, broken, n_passes, n_cuts = await scenario(root, kind, rng, min(scenario_steps, total_steps - steps), reached, results)
+            transcript, broken, n_passes, n_cuts = await scenario(root, kind, rng, min(scenario_steps, total_steps - steps), reached, results, http=http)
             scenarios += 1
             steps += len(transcript)
             passes += n_passes
             cuts += n_cuts
-            print(f"scenario {scenarios} ({kind}): {len(transcript)} steps, {n_passes} passes, {n_cuts} cuts, {len(broken)} violations", file=out)
+            print(f"scenario {scenarios} ({kind}{', http' if http else ''}): {len(transcript)} steps, {n_passes} passes, {n_cuts} cuts, {len(broken)} violations", file=out)
             for message in broken:
                 violations[f"{kind}: {message[:200]}"] += 1
             if broken or verbose:
@@ -93,7 +100,7 @@ async def explore(seed: int, total_steps: int, scenario_steps: int, kinds: list[
                     print(f"    {i:3d}. {line}", file=out)
                 for message in broken:
                     print(f"    VIOLATION: {message}", file=out)
-    enumerated = sorted({p for kind in kinds for p in cut_points(kind)})
+    enumerated = sorted({p for kind in kinds for http in (False, True) for p in cut_points(kind, http=http)} | set(GUARD_POINTS))
     hit = [p for p in enumerated if reached[p]]
     print(f"\nseed {seed}: {scenarios} scenarios, {steps} steps, {passes} passes, {cuts} power cuts, {time.monotonic() - started:.0f}s", file=out)
     print("pass results: " + ", ".join(f"{k} {v}" for k, v in results.most_common()), file=out)

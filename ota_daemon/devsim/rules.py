@@ -29,21 +29,28 @@ CLOCK_JUMPS = (-30 * 86400.0, -3600.0, 600.0, 3 * 86400.0)
 INSTALLER_CALLS = ("install", "mark_bad", "reboot", "commit")
 
 
-#: effects of the seam this world has no rule for (deferral leases and hooks, operator retries,
-#: a hub refusing events for good, the events file's trim; the downloader's files, as its
-#: scripted scenarios read the repository in place; signed hubs; the guard's record and the
-#: elapsed-time file); tests/test_cut_points.py cuts there
+#: effects a world reaches only when its repository is served over loopback HTTP (``World(http=True)``):
+#: the downloader's files in the cache and the static hub's ETag cache (a ``file://`` repository is read in place)
+HTTP_ONLY = frozenset({"download.open", "download.checkpoint", "download.finish", "download.discard", "hub.etag-cache"})
+#: the guard's effects: the ``guard_cut`` rule cuts there while ``ota-daemon-guard`` runs
+GUARD_EFFECTS = frozenset({"guard.record", "guard.reboot"})
+#: effects of the seam left out of the pass cut points: no rule of this world reaches them
+#: (deferral leases and hooks with the elapsed-time file they read, operator retries, a hub
+#: refusing events for good, the events file's trim, a killed writer's temporary file, signed
+#: hubs, the Nexigon hub's files, the SWUpdate backend's booted-slot pin: the model answers for
+#: the tool), so tests/test_cut_points.py cuts there; the HTTP ones only in HTTP worlds
+#: (``cut_points(kind, http=True)``), the guard's by the ``guard_cut`` rule (:data:`GUARD_POINTS`)
 UNMODELLED = frozenset(
     {
         "events.trim", "journal:deferral", "journal:outcome", "journal:quarantine-cleared", "spool.drop",
-        "download.open", "download.checkpoint", "download.finish", "download.discard", "temp.sweep", "hub.etag-cache",
-        "tuf.metadata", "tuf.floor", "tuf.seen", "hub.device-id", "hub.details-cache",
-        "swupdate.booted-pin", "guard.record", "guard.reboot", "state.elapsed",
+        "temp.sweep", "tuf.metadata", "tuf.floor", "tuf.seen", "state.elapsed", "hub.device-id", "hub.details-cache",
+        "swupdate.booted-pin", *HTTP_ONLY, *GUARD_EFFECTS,
     }
 )
+GUARD_POINTS = tuple(sorted(f"{side}:{name}" for name in GUARD_EFFECTS for side in ("before", "after")))
 
 
-def cut_points(kind: str) -> list[str]:
+def cut_points(kind: str, *, http: bool = False) -> list[str]:
     """Every enumerated cut point of a device with installer ``kind``.
 
     With the side-effect seam (``ota_daemon.effects``): its registry, ``before:``/``after:``
@@ -55,7 +62,7 @@ def cut_points(kind: str) -> list[str]:
     except ImportError:
         seam = None
     if seam is not None and hasattr(seam, "cut_points"):
-        points = [str(p) for p in seam.cut_points() if p.split(":", 1)[1] not in UNMODELLED]
+        points = [str(p) for p in seam.cut_points() if p.split(":", 1)[1] not in UNMODELLED or (http and p.split(":", 1)[1] in HTTP_ONLY)]
         if kind == "rauc":  # RAUC takes no stream: nothing goes from idle straight to installing
             points = [p for p in points if not p.endswith("journal:idle->installing")]
         if TRAITS[kind].arms_at_install:  # a trial cut mid-gate is armed again only at reboot
@@ -104,6 +111,15 @@ class Driver:
         reached = result == "cut"
         self.world.arm_cut(None)
         return f"cut at {point}: {'cut' if reached else getattr(result, 'result', result)}"
+
+    async def guard_cut(self, point: str) -> str:
+        """The power goes while ``ota-daemon-guard`` acts (after its record, around its reboot)."""
+        cuts = self.world.counters.cuts
+        self.world.arm_cut(point)
+        self.world.run_guard()
+        reached = self.world.counters.cuts > cuts
+        self.world.arm_cut(None)
+        return f"guard, cut at {point}: running {self.world.running_version()}{'' if reached else ' (not reached)'}"
 
     async def crash(self, point: str) -> str:
         """The daemon's process dies at ``point`` (OOM kill, a bug); the system keeps running."""
@@ -173,7 +189,7 @@ class Driver:
 #: the steps the exploration picks from, with weights
 WEIGHTS: dict[str, int] = {
     "publish": 6, "tag": 2, "run": 10, "cut": 8, "reboot": 2, "guard": 2, "clock_jump": 2, "boot_at_1970": 1,
-    "crash": 2, "stream": 1, "outage": 1, "refuse_writes": 1, "hide_asset": 1, "show_assets": 1, "hub_config": 1, "disk": 1,
+    "crash": 2, "guard_cut": 1, "stream": 1, "outage": 1, "refuse_writes": 1, "hide_asset": 1, "show_assets": 1, "hub_config": 1, "disk": 1,
 }
 
 

@@ -521,7 +521,8 @@ class World:
         return outcome
 
     def run_guard(self) -> int:
-        """``ota-daemon-guard`` as its timer starts it: guard.timeout after boot."""
+        """``ota-daemon-guard`` as its timer starts it: guard.timeout after boot. A cut armed at
+        one of its effects (``guard.record``, ``guard.reboot``) cuts the power there."""
         from ota_daemon import guard
         from ota_daemon.guard import Env, GuardSettings, run
 
@@ -548,7 +549,17 @@ class World:
         env = Env(uptime=lambda: 1800.0 + 60.0, now=self.clock.now, sleep=self.clock.advance,
                   probe=self.model.guard_facts, reboot=reboot, log=lambda message, level: None)
         booted, content = self.model.booted, self.model.booted_content()
-        code = run(settings, env)
+        try:
+            with self._fault_hooks():
+                code = run(settings, env)
+        except BaseException as exc:
+            if not _is_power_cut(exc):
+                raise
+            self.counters.results["cut"] += 1
+            if (booted, content) in self.committed_slots and not self._slot_bootable(booted):
+                self.violate(f"the guard made slot {booted} holding {(content or {}).get('version')}, which the installer had committed, unbootable")
+            self.power_on()
+            return 0
         if rebooted:
             self.counters.guard_reboots += 1
             # the guard is for trials nobody committed: never a system the installer committed

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from ota_daemon.devsim.rules import Driver, cut_points
+from ota_daemon.devsim.rules import GUARD_POINTS, HTTP_ONLY, Driver, cut_points
 from ota_daemon.devsim.world import World, scratch_dir
 from tests.devsim.conftest import KINDS
 
@@ -57,3 +57,35 @@ async def test_every_cut_point_is_reached_by_a_scenario(kind: str) -> None:
             reached.update(world.reached)
     missing = [point for point in cut_points(kind) if not reached[point]]
     assert not missing, f"cut points no scenario reaches on {kind}: {missing}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_http_and_guard_cut_points_are_reached(kind: str) -> None:
+    """The points only an HTTP world reaches (the downloader's files, the hub's ETag cache) and
+    the guard's own, which the exploration cuts with its ``guard_cut`` rule."""
+    reached: Counter[str] = Counter()
+    with scratch_dir() as root:
+        world = World(root / "w", kind, http=True)
+        driver = Driver(world)
+        try:
+            for name, args in [*SCENARIOS["good update"], *SCENARIOS["corrupt"]]:
+                await getattr(driver, name)(**args)
+        finally:
+            await world.aclose()
+        reached.update(world.reached)
+    http_only = [point for point in cut_points(kind, http=True) if point.split(":", 1)[1] in HTTP_ONLY]
+    missing = [point for point in http_only if not reached[point]]
+    assert http_only
+    assert not missing, f"cut points no HTTP scenario reaches on {kind}: {missing}"
+    for point in GUARD_POINTS:
+        with scratch_dir() as root:
+            world = World(root / "w", kind)
+            driver = Driver(world)
+            try:
+                await driver.publish("no-daemon")
+                await driver.run()
+                line = await driver.guard_cut(point)
+                assert "not reached" not in line, line
+                assert world.violations == []
+            finally:
+                await world.aclose()
