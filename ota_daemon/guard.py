@@ -16,7 +16,8 @@ Uncommitted, per ``installer.kind``:
 
 - ``rugix``: ``rugix-ctrl system info`` ``boot.activeGroup != boot.defaultGroup``.
 - ``rauc``: ``rauc status --output-format=json``: the slot in state ``booted`` is not
-  ``boot_primary`` (slot names, as the RAUC backend reports them) — or, since RAUC makes the
+  ``boot_primary`` (slot names, as the RAUC backend reports them) and the primary is not
+  marked bad (a bad primary is what the booted fallback fell back from) — or, since RAUC makes the
   new slot primary at install and cannot show a trial (``traits.trial_visible`` false), the
   daemon's journal holds an uncommitted attempt whose target is the booted slot, requested in
   an earlier boot, whose health gate has not passed (:func:`with_journal_trial`; once it passed
@@ -449,6 +450,10 @@ def probe_rauc(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
                 if isinstance(slot, dict) and slot.get("state") == "booted":
                     booted_slot = str(name)
     primary = data.get("boot_primary")
+    primary_bad = False
+    for entry in data.get("slots") or []:
+        if isinstance(entry, dict) and isinstance(entry.get(primary), dict):
+            primary_bad = entry[primary].get("boot_status") == "bad"
     if booted_slot is None or not isinstance(primary, str):
         raise GuardError(
             f"'{' '.join(argv)}': expected a slot in state 'booted' and boot_primary, got booted={data.get('booted')!r}, "
@@ -456,10 +461,12 @@ def probe_rauc(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
         )
     return SlotFacts(
         kind="rauc",
-        uncommitted=booted_slot != primary,
+        # a primary marked bad is no trial to roll back: the bootloader fell back from it (a
+        # custom backend may keep reporting it primary; U-Boot's drops it from the order)
+        uncommitted=booted_slot != primary and not primary_bad,
         booted=booted_slot,
         primary=primary,
-        detail=f"booted {booted_slot} ({data.get('booted')}), primary {primary}",
+        detail=f"booted {booted_slot} ({data.get('booted')}), primary {primary}{' (marked bad)' if primary_bad else ''}",
         boot_id=_boot_id(settings.boot_id_file),
     )
 

@@ -363,16 +363,6 @@ class RaucModel(Model):
             self.state["boot"]["primary"] = partner
             self.state["boot"][partner] = "good"  # mark active sets the partner good
 
-    def tool_mark_bad(self, slot: str) -> None:
-        """``rauc status mark-bad <slot>`` alone (the guard's call; the backend's ``mark_bad``
-        also activates the partner). The bootloader state of the slot goes bad, and a bad slot
-        is never primary: U-Boot's backend drops it from ``BOOT_ORDER`` and reports the first
-        slot with attempts left (rauc ``src/bootloaders/uboot.c``); GRUB and barebox likewise."""
-        boot = self.state["boot"]
-        boot[slot] = "bad"
-        if boot["primary"] == slot and boot[self.other(slot)] == "good":
-            boot["primary"] = self.other(slot)
-
     def observe(self) -> dict[str, Any]:
         boot = self.state["boot"]
         return {

@@ -40,7 +40,6 @@ from ota_daemon.devsim.models import (
     BrickedError,
     Model,
     PowerCut,
-    RaucModel,
     sim_image,
 )
 from ota_daemon.engine import Engine, PassResult
@@ -575,8 +574,9 @@ class World:
         args = list(argv)[1:]
         if self.kind == "rauc" and args[:2] == ["status", "mark-bad"]:
             slot = self.model.booted if args[2:3] in (["booted"], []) else args[2]
-            if isinstance(self.model, RaucModel):
-                self.model.tool_mark_bad(slot)
+            # ``rauc status mark-bad`` alone: the boot state goes bad; the primary stays where it
+            # is, as with the custom bootloader backend of tests/rauc (U-Boot's would move it)
+            self.model.state["boot"][slot] = "bad"
         return subprocess.CompletedProcess(list(argv), 0, "", "")
 
     # ------------------------------------------------------------------ invariants

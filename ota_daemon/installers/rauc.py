@@ -22,7 +22,9 @@ What the engine gets from RAUC (facts: ``specs/installer-backends.md`` §2, §4,
   its journal. :meth:`RaucInstaller.commit` is idempotent: ``Mark("good", "booted")``, plus
   ``Mark("active", "booted")`` when the booted slot is not primary (e.g. EFI ``BootNext``).
 - **Fallback** shows as ``booted != target`` with the target's boot status ``bad``
-  (``SlotState.bootable`` false) and ``primary`` back on the old slot.
+  (``SlotState.bootable`` false) and ``primary`` back on the old slot. A primary marked bad
+  (``rauc status mark-bad`` alone, with a custom bootloader backend that keeps it primary) is
+  neither pending nor a trial of the booted slot: ``committed`` is true.
 - ``SlotState.good`` is RAUC's boot status (``good``/``bad``; ``None`` when unknown),
   ``SlotState.version`` the bundle version RAUC recorded for the slot (``None`` for a slot
   that RAUC never wrote).
@@ -686,12 +688,16 @@ def status_to_slot_info(status: RaucStatus, boot_id: str) -> SlotInfo:
         for name, slot in bootable.items()
     }
     primary = status.primary
+    # a primary marked bad is not armed: the bootloader falls back from it to the booted slot
+    # (a custom backend may keep reporting it primary after ``mark-bad``; U-Boot's does not)
+    primary_bad = primary in bootable and bootable[primary].boot_status == "bad"
     return SlotInfo(
         booted=booted.name,
         primary=primary,
         slots=slots,
         boot_id=boot_id,
-        pending=primary if primary != booted.name and primary in bootable else None,
+        pending=primary if primary != booted.name and primary in bootable and not primary_bad else None,
+        trial=False if primary != booted.name and primary_bad else None,
         extra={
             "bootnames": {name: slot.bootname for name, slot in bootable.items()},
             "boot_slot": status.boot_slot,

@@ -317,9 +317,11 @@ async def test_cut_after_the_installers_commit_before_the_journal_knows(sim: Wor
 
 async def test_guard_leaves_the_fallback_it_rolled_back_to_alone(sim: World) -> None:
     """After the guard rolled back a trial whose daemon never started, the old slot runs
-    committed; the guard's timer in the next boots must find it committed. (RAUC's ``mark-bad``
-    drops the slot from the boot order, so it is no longer primary; the model kept it primary
-    and the guard rebooted away from the committed 1.0.0: seed 1 of the long exploration.)"""
+    committed; the guard's timer in the next boots must find it committed. With RAUC the trial
+    stays primary after the guard's ``rauc status mark-bad booted`` (a custom bootloader backend,
+    as in tests/rauc, keeps it; U-Boot's would drop it): a primary marked bad is no trial of the
+    booted slot. The guard took it for one and marked the committed 1.0.0 bad too (seed 1 of the
+    long exploration)."""
     sim.publish("1.1.0", "no-daemon")
     assert result(await sim.run_pass()) == "rebooting"
     sim.run_guard()
