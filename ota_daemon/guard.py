@@ -11,6 +11,8 @@ It is deliberately tiny and separate from the daemon: standard library only (no 
 httpx, structlog or asyncio), so it still runs when the new system's Python environment or
 the daemon itself is what broke. It reads only the keys it needs from the daemon's TOML file
 (``--config``, ``OTA_DAEMON_CONFIG``, ``OTA_DAEMON_<SECTION>__<KEY>`` as the daemon does).
+Three modules: ``guard_settings`` (those keys), ``guard_probes`` (what each tool says about
+the booted system), and this one (the journal, the decision, the record, the reboot).
 
 Uncommitted, per ``installer.kind``:
 
@@ -71,7 +73,6 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,224 +80,78 @@ from typing import Any
 
 from ota_daemon.durations import parse_duration
 from ota_daemon.faults import effect
+from ota_daemon.guard_probes import (
+    COMMAND_TIMEOUT,
+    PROBES,
+    SWUPDATE_UNCOMMITTED,
+    Runner,
+    SlotFacts,
+    _rauc_env,
+    probe_rauc,
+    probe_rugix,
+    probe_simulated,
+    probe_swupdate,
+    run_tool,
+    swupdate_booted,
+)
+from ota_daemon.guard_settings import (
+    BOOT_ID_FILE,
+    DEFAULT_CONFIG_PATH,
+    ENV_CONFIG,
+    ENV_PREFIX,
+    KINDS,
+    GuardError,
+    GuardSettings,
+    load_settings,
+)
 from ota_daemon.traits import TRAITS
 
-DEFAULT_CONFIG_PATH = Path("/etc/ota-daemon/config.toml")
-ENV_PREFIX = "OTA_DAEMON_"
-ENV_CONFIG = "OTA_DAEMON_CONFIG"
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+__all__ = [
+    "BOOT_ID_FILE",
+    "BUSY_PHASES",
+    "COMMAND_TIMEOUT",
+    "DEFAULT_CONFIG_PATH",
+    "ENV_CONFIG",
+    "ENV_PREFIX",
+    "KINDS",
+    "POLL_INTERVAL",
+    "PROBES",
+    "SWUPDATE_UNCOMMITTED",
+    "Action",
+    "Decision",
+    "Env",
+    "GuardError",
+    "GuardSettings",
+    "JournalFacts",
+    "Runner",
+    "SlotFacts",
+    "decide",
+    "load_settings",
+    "main",
+    "parse_duration",
+    "prior_reboots",
+    "probe_rauc",
+    "probe_rugix",
+    "probe_simulated",
+    "probe_swupdate",
+    "read_journal",
+    "reboot_system",
+    "run",
+    "run_tool",
+    "swupdate_booted",
+    "with_journal_trial",
+    "write_record",
+]
+
 UPTIME_FILE = Path("/proc/uptime")
 GUARD_FILE = "guard.json"
 JOURNAL_FILE = "journal.json"
 #: how often to look again while the daemon is installing or committing
 POLL_INTERVAL = 5.0
-#: limit for one tool call (``system info``, ``rauc status``, ``fw_printenv``)
-COMMAND_TIMEOUT = 60.0
-KINDS = ("rauc", "rugix", "simulated", "swupdate")
 BUSY_PHASES = frozenset({"installing", "committing"})
 
 
-class GuardError(Exception):
-    """Something the guard cannot work around: reported on stderr, exit 1."""
-
-
-# =========================================================================== settings
-
-@dataclass(frozen=True)
-class GuardSettings:
-    """The few configuration values the guard needs, with the daemon's defaults."""
-
-    source: str = f"{DEFAULT_CONFIG_PATH} (absent: defaults)"
-    kind: str = "simulated"
-    #: the booted slot is the trial (RAUC: booted == primary): the reboot marks it bad first.
-    #: Not when another slot is primary: the booted one is then the fallback, and marking it
-    #: bad would leave nothing good to boot (set per reboot from the facts)
-    booted_is_trial: bool = True
-    timeout: float = 1800.0
-    commit_grace: float = 120.0
-    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
-    max_reboots: int = 3
-    state_dir: Path = Path("/var/lib/ota-daemon")
-    sim_device_dir: Path | None = None
-    sim_on_reboot: str = "apply"
-    rugix_bin: str = "rugix-ctrl"
-    rauc_bin: str = "rauc"
-    rauc_bus: str = "system"
-    boot_id_file: Path = BOOT_ID_FILE
-    # swupdate (installer.swupdate.*, the same keys the SWUpdate backend reads)
-    fw_printenv: tuple[str, ...] = ("fw_printenv",)  # fw_printenv_bin [-c fw_env_config]
-    slot_var: str = "rootpart"
-    slots: tuple[str, ...] = ("A", "B")
-    booted_from: str = "env"
-    cmdline_path: Path = Path("/proc/cmdline")
-    cmdline_arg: str = "root"
-    cmdline_map: Mapping[str, str] = field(default_factory=dict)
-    swupdate_state_file: Path | None = None
-
-    @property
-    def device_dir(self) -> Path:
-        return self.sim_device_dir or self.state_dir / "sim-device"
-
-    @property
-    def pinned_boot_file(self) -> Path:
-        """Where the SWUpdate backend pins the booted slot per boot id."""
-        return self.swupdate_state_file or self.state_dir / "swupdate-boot.json"
-
-
-class _Reader:
-    """Values from the TOML tables, ``OTA_DAEMON_<SECTION>__<KEY>`` winning (as in the daemon)."""
-
-    def __init__(self, data: Mapping[str, Any], env: Mapping[str, str], source: str) -> None:
-        self.data = data
-        self.env = {k.upper(): v for k, v in env.items()}
-        self.source = source
-
-    def get(self, *keys: str) -> tuple[Any, str] | None:
-        name = ENV_PREFIX + "__".join(k.upper() for k in keys)
-        if name in self.env:
-            return self.env[name], f"environment variable {name}"
-        node: Any = self.data
-        for key in keys:
-            if not isinstance(node, Mapping) or key not in node:
-                return None
-            node = node[key]
-        return node, f"{self.source}: key '{'.'.join(keys)}'"
-
-    def string(self, *keys: str, default: str) -> str:
-        found = self.get(*keys)
-        if found is None:
-            return default
-        value, where = found
-        if not isinstance(value, str) or not value:
-            raise GuardError(f"{where}: expected a non-empty string, got {value!r}")
-        return value
-
-    def duration(self, *keys: str, default: float) -> float:
-        found = self.get(*keys)
-        if found is None:
-            return default
-        value, where = found
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise GuardError(f"{where}: {exc}") from None
-
-    def integer(self, *keys: str, default: int, minimum: int) -> int:
-        found = self.get(*keys)
-        if found is None:
-            return default
-        value, where = found
-        try:
-            number = int(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
-        except ValueError:
-            number = None
-        if number is None or number < minimum:
-            raise GuardError(f"{where}: expected a whole number of at least {minimum}, got {value!r}")
-        return number
-
-    def table(self, *keys: str) -> dict[str, str]:
-        found = self.get(*keys)
-        if found is None:
-            return {}
-        value, where = found
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise GuardError(f"{where}: expected a JSON object of strings") from None
-        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-            raise GuardError(f"{where}: expected a table of strings, got {value!r}")
-        return {str(k): v for k, v in value.items()}
-
-    def command(self, *keys: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        found = self.get(*keys)
-        if found is None:
-            return default
-        value, where = found
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise GuardError(f"{where}: expected a JSON list of strings such as [\"systemctl\", \"reboot\"]") from None
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise GuardError(f"{where}: expected a non-empty list of strings, got {value!r}")
-        return tuple(value)
-
-
-def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> GuardSettings:
-    """Read the guard's keys from the daemon's configuration file (defaults when the default
-    path is absent; an explicitly named file must exist)."""
-    env = os.environ if env is None else env
-    explicit = path is not None or bool(env.get(ENV_CONFIG))
-    chosen = Path(path) if path is not None else Path(env[ENV_CONFIG]) if env.get(ENV_CONFIG) else DEFAULT_CONFIG_PATH
-    data: dict[str, Any] = {}
-    source = str(chosen)
-    try:
-        with open(chosen, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        if explicit:
-            raise GuardError(f"{chosen}: configuration file not found") from None
-        source = f"{chosen} (absent: defaults)"
-    except PermissionError:
-        raise GuardError(f"{chosen}: configuration file not readable (permission denied)") from None
-    except IsADirectoryError:
-        raise GuardError(f"{chosen}: is a directory, expected a TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise GuardError(f"{chosen}: not valid TOML: {exc}") from None
-    r = _Reader(data, env, source)
-    kind = r.string("installer", "kind", default="simulated")
-    if kind not in KINDS:
-        raise GuardError(f"{source}: key 'installer.kind': unknown installer {kind!r}; valid: {', '.join(KINDS)}")
-    state_dir = Path(r.string("state", "dir", default="/var/lib/ota-daemon"))
-    device_dir = r.get("installer", "simulated", "device_dir")
-    boot_id_file = BOOT_ID_FILE
-    if kind in ("rugix", "rauc", "swupdate"):
-        # installer.swupdate.boot_id_path: the old name of boot_id_file, still read
-        old = r.string("installer", kind, "boot_id_path", default=str(BOOT_ID_FILE)) if kind == "swupdate" else str(BOOT_ID_FILE)
-        boot_id_file = Path(r.string("installer", kind, "boot_id_file", default=old))
-    fw_printenv: tuple[str, ...] = (r.string("installer", "swupdate", "fw_printenv_bin", default="fw_printenv"),)
-    if r.get("installer", "swupdate", "fw_env_config") is not None:
-        fw_printenv += ("-c", r.string("installer", "swupdate", "fw_env_config", default=""))
-    sw_state = r.get("installer", "swupdate", "state_file")
-    return GuardSettings(
-        source=source,
-        kind=kind,
-        timeout=r.duration("guard", "timeout", default=1800.0),
-        commit_grace=r.duration("guard", "commit_grace", default=120.0),
-        reboot_command=r.command("guard", "reboot_command", default=("systemctl", "reboot")),
-        max_reboots=r.integer("guard", "max_reboots", default=3, minimum=1),
-        state_dir=state_dir,
-        sim_device_dir=Path(r.string("installer", "simulated", "device_dir", default="")) if device_dir else None,
-        sim_on_reboot=r.string("installer", "simulated", "on_reboot", default="apply"),
-        rugix_bin=r.string("installer", "rugix", "bin", default="rugix-ctrl"),
-        rauc_bin=r.string("installer", "rauc", "bin", default="rauc"),
-        rauc_bus=r.string("installer", "rauc", "bus", default="system"),
-        boot_id_file=boot_id_file,
-        fw_printenv=fw_printenv,
-        slot_var=r.string("installer", "swupdate", "slot_var", default="rootpart"),
-        slots=r.command("installer", "swupdate", "slots", default=("A", "B")),
-        booted_from=r.string("installer", "swupdate", "booted_from", default="env"),
-        cmdline_path=Path(r.string("installer", "swupdate", "cmdline_path", default="/proc/cmdline")),
-        cmdline_arg=r.string("installer", "swupdate", "cmdline_arg", default="root"),
-        cmdline_map=r.table("installer", "swupdate", "cmdline_map"),
-        swupdate_state_file=Path(r.string("installer", "swupdate", "state_file", default="")) if sw_state else None,
-    )
-
-
 # =========================================================================== facts
-
-
-@dataclass(frozen=True)
-class SlotFacts:
-    """What the installer's own tool says about the booted system."""
-
-    kind: str
-    uncommitted: bool
-    booted: str | None
-    primary: str | None
-    detail: str
-    boot_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -365,194 +220,6 @@ def with_journal_trial(facts: SlotFacts, journal: JournalFacts) -> SlotFacts:
         return facts
     detail = f"{facts.detail}; the journal holds attempt {journal.attempt_id or '?'} on trial in slot {facts.booted}, not committed"
     return dataclasses.replace(facts, uncommitted=True, detail=detail)
-
-
-Runner = Callable[[Sequence[str], Mapping[str, str] | None], "subprocess.CompletedProcess[str]"]
-
-
-def run_tool(argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run one status command; failures become :class:`GuardError` naming the command."""
-    shown = " ".join(argv)
-    try:
-        result = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-            env=None if env is None else {**os.environ, **env},
-            check=False,
-        )
-    except FileNotFoundError:
-        raise GuardError(f"'{shown}': {argv[0]} not found (is the installer's tool installed and on PATH?)") from None
-    except PermissionError:
-        raise GuardError(f"'{shown}': {argv[0]} is not executable") from None
-    except subprocess.TimeoutExpired:
-        raise GuardError(f"'{shown}': no answer within {COMMAND_TIMEOUT:g}s") from None
-    if result.returncode != 0:
-        last = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise GuardError(f"'{shown}' exited with {result.returncode}: {' | '.join(last) or '(no output)'}")
-    return result
-
-
-def _json(result: subprocess.CompletedProcess[str], what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(result.stdout)
-    except ValueError:
-        raise GuardError(f"'{what}': expected JSON on stdout, got {result.stdout.strip()[:80]!r}") from None
-    if not isinstance(data, dict):
-        raise GuardError(f"'{what}': expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _boot_id(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def probe_rugix(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
-    argv = [settings.rugix_bin, "system", "info"]
-    boot = _json(run(argv, None), " ".join(argv)).get("boot")
-    active = boot.get("activeGroup") if isinstance(boot, dict) else None
-    default = boot.get("defaultGroup") if isinstance(boot, dict) else None
-    if not isinstance(active, str) or not isinstance(default, str):
-        raise GuardError(
-            f"'{' '.join(argv)}': expected boot.activeGroup and boot.defaultGroup, got boot={boot!r}; "
-            "cannot tell whether the booted system is committed"
-        )
-    return SlotFacts(
-        kind="rugix",
-        uncommitted=active != default,
-        booted=active,
-        primary=default,
-        detail=f"activeGroup {active}, defaultGroup {default}",
-        boot_id=_boot_id(settings.boot_id_file),
-    )
-
-
-def _rauc_env(bus: str) -> dict[str, str]:
-    """The RAUC CLI uses the system bus unless ``DBUS_STARTER_BUS_TYPE=session`` (§2.1)."""
-    if bus == "session":
-        return {"DBUS_STARTER_BUS_TYPE": "session"}
-    if bus == "system":
-        return {}
-    return {"DBUS_SYSTEM_BUS_ADDRESS": bus}
-
-
-def probe_rauc(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
-    argv = [settings.rauc_bin, "status", "--output-format=json"]
-    data = _json(run(argv, _rauc_env(settings.rauc_bus)), " ".join(argv))
-    booted_slot: str | None = None
-    for entry in data.get("slots") or []:
-        if isinstance(entry, dict):
-            for name, slot in entry.items():
-                if isinstance(slot, dict) and slot.get("state") == "booted":
-                    booted_slot = str(name)
-    primary = data.get("boot_primary")
-    primary_bad = False
-    for entry in data.get("slots") or []:
-        if isinstance(entry, dict) and isinstance(entry.get(primary), dict):
-            primary_bad = entry[primary].get("boot_status") == "bad"
-    if booted_slot is None or not isinstance(primary, str):
-        raise GuardError(
-            f"'{' '.join(argv)}': expected a slot in state 'booted' and boot_primary, got booted={data.get('booted')!r}, "
-            f"boot_primary={primary!r}; cannot tell whether the booted system is committed"
-        )
-    return SlotFacts(
-        kind="rauc",
-        # a primary marked bad is no trial to roll back: the bootloader fell back from it (a
-        # custom backend may keep reporting it primary; U-Boot's drops it from the order)
-        uncommitted=booted_slot != primary and not primary_bad,
-        booted=booted_slot,
-        primary=primary,
-        detail=f"booted {booted_slot} ({data.get('booted')}), primary {primary}{' (marked bad)' if primary_bad else ''}",
-        boot_id=_boot_id(settings.boot_id_file),
-    )
-
-
-#: SWUpdate's ``ustate`` values that mean "installed, not confirmed": 1 INSTALLED, 2 TESTING
-SWUPDATE_UNCOMMITTED = frozenset({"1", "2"})
-
-
-def swupdate_booted(settings: GuardSettings, rootpart: str | None, boot_id: str | None) -> tuple[str | None, str]:
-    """The booted slot as the SWUpdate backend determines it, and how it was found.
-
-    ``booted_from = "cmdline"``: the kernel argument (through ``cmdline_map``). ``"env"``: the
-    value the backend pinned for this boot id; without a pin for this boot the daemon has not
-    looked yet in this boot, so nothing was installed in it and ``slot_var`` is still what the
-    bootloader booted.
-    """
-    if settings.booted_from == "cmdline":
-        try:
-            words = settings.cmdline_path.read_text().split()
-        except OSError as exc:
-            raise GuardError(f"{settings.cmdline_path}: cannot read the kernel command line: {exc}") from None
-        args = dict(w.partition("=")[::2] for w in words)
-        value = args.get(settings.cmdline_arg)
-        slot = settings.cmdline_map.get(value, value) if value is not None else None
-        return slot, f"{settings.cmdline_arg}= on the kernel command line"
-    with contextlib.suppress(OSError, ValueError):
-        pinned = json.loads(settings.pinned_boot_file.read_bytes())
-        if isinstance(pinned, dict) and boot_id and pinned.get("bootId") == boot_id and isinstance(pinned.get("booted"), str):
-            return pinned["booted"], f"pinned for this boot in {settings.pinned_boot_file}"
-    return rootpart, f"{settings.slot_var} as booted (no install in this boot)"
-
-
-def probe_swupdate(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
-    """On trial: ``ustate`` 1 or 2 and the booted slot is the one ``slot_var`` names. With
-    ``ustate`` 1 and another slot booted, the update is installed and waits for its reboot."""
-    argv = [*settings.fw_printenv, "ustate", settings.slot_var]
-    values: dict[str, str] = {}
-    for line in run(argv, None).stdout.splitlines():
-        name, sep, value = line.partition("=")
-        if sep:
-            values[name.strip()] = value.strip()
-    ustate = values.get("ustate", "")
-    target = values.get(settings.slot_var) or None
-    boot_id = _boot_id(settings.boot_id_file)
-    booted, how = swupdate_booted(settings, target, boot_id)
-    installed = ustate in SWUPDATE_UNCOMMITTED
-    trial = installed and booted == target
-    detail = f"ustate={ustate or '(unset)'}, {settings.slot_var}={target or '(unset)'}, booted {booted or '?'} ({how})"
-    if installed and not trial:
-        detail += "; installed, waits for its reboot"
-    # the committed slot: the one the env names, except on trial (then the other one)
-    primary = target
-    if trial:
-        primary = next((slot for slot in settings.slots if slot != target), None)
-    elif installed:
-        primary = booted
-    return SlotFacts(kind="swupdate", uncommitted=trial, booted=booted, primary=primary, detail=detail, boot_id=boot_id)
-
-
-def probe_simulated(settings: GuardSettings, run: Runner = run_tool) -> SlotFacts:
-    path = settings.device_dir / "boot.json"
-    try:
-        state = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise GuardError(f"simulated device {settings.device_dir}: no boot.json (create the device first)") from None
-    except (OSError, ValueError) as exc:
-        raise GuardError(f"simulated device {path}: unreadable: {exc}") from None
-    booted, default = (state.get("booted"), state.get("default")) if isinstance(state, dict) else (None, None)
-    if not isinstance(booted, str) or not isinstance(default, str):
-        raise GuardError(f"simulated device {path}: expected 'booted' and 'default' slot names")
-    return SlotFacts(
-        kind="simulated",
-        uncommitted=booted != default,
-        booted=booted,
-        primary=default,
-        detail=f"booted {booted}, default {default}",
-        boot_id=f"sim-boot-{state.get('boot_count', 0)}",
-    )
-
-
-PROBES: dict[str, Callable[[GuardSettings, Runner], SlotFacts]] = {
-    "rugix": probe_rugix,
-    "rauc": probe_rauc,
-    "swupdate": probe_swupdate,
-    "simulated": probe_simulated,
-}
 
 
 # =========================================================================== the decision

@@ -336,7 +336,7 @@ class HealthConfig(_Section):
 
 
 class GuardConfig(_Section):
-    """``ota-daemon-guard`` (ota_daemon/guard.py reads these keys itself, without pydantic)."""
+    """``ota-daemon-guard`` (ota_daemon/guard_settings.py reads these keys itself, without pydantic)."""
 
     timeout: Duration = Field(default=1800.0, description="reboot an uncommitted trial boot this long after boot")
     commit_grace: Duration = Field(

@@ -289,13 +289,14 @@ def test_guard_parse_duration_agrees_with_config(value: Any) -> None:
 
 
 def test_guard_imports_nothing_heavy() -> None:
-    """Importing the guard loads no pydantic, httpx, structlog, asyncio or daemon module but the
-    stdlib-only duration parser it shares with the configuration, the installers' traits and the
-    side-effect seam's power-cut mechanism (``faults``, also stdlib only)."""
+    """Importing the guard loads no pydantic, httpx, structlog, asyncio or daemon module but its
+    own (settings, probes), the stdlib-only duration parser it shares with the configuration,
+    the installers' traits and the side-effect seam's power-cut mechanism (``faults``, also
+    stdlib only)."""
     code = (
         "import sys, ota_daemon.guard\n"
         "bad = {'pydantic', 'pydantic_settings', 'httpx', 'structlog', 'asyncio', 'tenacity', 'sdnotify', 'dbus_fast'}\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in bad or (m.startswith('ota_daemon.') and m not in ('ota_daemon.guard', 'ota_daemon.durations', 'ota_daemon.traits', 'ota_daemon.faults'))))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in bad or (m.startswith('ota_daemon.') and m not in ('ota_daemon.guard', 'ota_daemon.guard_settings', 'ota_daemon.guard_probes', 'ota_daemon.durations', 'ota_daemon.traits', 'ota_daemon.faults'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
