@@ -100,6 +100,24 @@ async def mark_bad_rolls_back(s: Subject) -> list[Any]:
     return seen
 
 
+async def guard_marks_trial_bad(s: Subject) -> list[Any]:
+    """The rollback guard's own call on a trial: the booted slot marked bad alone (``rauc
+    status mark-bad booted``, no partner activated), then the reboot; and one more boot."""
+    mark = getattr(s, "mark_bad_booted_alone", None)
+    if mark is None:
+        return ["no tool-level mark-bad for this subject"]
+    seen: list[Any] = [await _install(s, "1.1.0")]
+    await s.installer.reboot(spare=True)
+    await s.power_cycle()
+    await mark()
+    seen.append(await observe(s.installer))
+    await s.power_cycle()
+    seen.append(await observe(s.installer))
+    await s.power_cycle()
+    seen.append(await observe(s.installer))
+    return seen
+
+
 async def reboot_without_install(s: Subject) -> list[Any]:
     """A plain reboot and a spare reboot of a committed device with an empty other slot."""
     await s.installer.reboot(spare=False)
@@ -124,6 +142,7 @@ SCRIPTS: dict[str, Script] = {
     "trial_dies_falls_back": trial_dies_falls_back,
     "mark_bad_rolls_back": mark_bad_rolls_back,
     "reboot_without_install": reboot_without_install,
+    "guard_marks_trial_bad": guard_marks_trial_bad,
     "cut_after_write_before_arm": cut_after_write_before_arm,
 }
 
@@ -154,12 +173,21 @@ class ModelSubject:
         with contextlib.suppress(PowerCut):
             await self.model.install(FileSource(self.image(version)))
 
+    async def mark_bad_booted_alone(self) -> None:
+        if self.model.kind != "rauc":
+            raise NotImplementedError(self.model.kind)
+        self.model.state["boot"][self.model.booted] = "bad"
+
     async def power_cycle(self, *, boot_fails: bool = False) -> None:
         booted = self.model.booted
         self.model.power_on(dies=(lambda slot: slot != booted) if boot_fails else None)
 
 
 async def run_both(script: str, real: Subject, model: Subject) -> tuple[list[Any], list[Any]]:
+    if script == "guard_marks_trial_bad" and not hasattr(real, "mark_bad_booted_alone"):
+        import pytest
+
+        pytest.skip("the rollback guard marks a trial bad by itself only on RAUC")
     if script == "cut_after_write_before_arm" and not hasattr(real, "cut_install"):
         import pytest
 

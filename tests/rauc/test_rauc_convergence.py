@@ -146,11 +146,54 @@ async def test_guard_reboots_a_stuck_rauc_trial(rauc_device: Any) -> None:
         assert record["action"] == "reboot" and "on trial" in record["reason"], record
         assert rauc_device.bootstate()["state_B"] == "bad"
         assert await rauc_device.reboot_if_requested() == "A"
+        # the guard's timer fires again in this boot before the daemon's pass: A runs committed
+        # (B is still primary but marked bad, as this custom bootloader backend reports it);
+        # nothing to roll back (it used to mark A bad too: no good slot left)
+        before = (root / "state" / "guard.json").read_text()
+        assert guard.run(settings, env) == 0
+        assert (root / "state" / "guard.json").read_text() == before
+        assert rauc_device.bootstate()["state_A"] == "good", rauc_device.bootstate()
+        assert await rauc_device.reboot_if_requested() is None
         report = _check(config_path)
         assert "rollback" in report.stdout and "ota-daemon-guard" in report.stdout, report.stdout
     info = await _slots(rauc_device)
     assert info.booted == "rootfs.0" and info.version_of("rootfs.0") == "1.0.0"
     assert _events(rauc_device).count("rollback") == 1
+
+
+async def test_cut_after_rauc_mark_good_before_journal_the_guard_leaves_it(rauc_device: Any) -> None:
+    """The gate passed and RAUC marked 2.0.0 good; the daemon dies before ``committed`` is
+    journaled and the device reboots into B. The guard's timer fires before the daemon's next
+    pass: RAUC cannot show whether B was committed, the journal shows its gate passed, so the
+    guard leaves B alone (it used to mark the committed B bad and reboot into A); the next pass
+    finishes the commit and reports one completion."""
+    root: Path = rauc_device.root
+    repo = root / "repository"
+    publish(repo, "fleet/system/stable", version="2.0.0", files=[("otatest.raucb", rauc_device.build_bundle("2.0.0"))])
+    faults = root / "faults.json"
+    faults.write_text(json.dumps(["before:journal:committed"]))
+    with serve_directory(repo) as server:
+        config_path = root / "config.toml"
+        config_path.write_text(to_toml(_tables(rauc_device, server.url)))
+        first = _check(config_path)
+        assert "rebooting" in first.stdout, (first.stdout, first.stderr[-2000:])
+        assert await rauc_device.reboot_if_requested() == "B"
+        killed = _check(config_path, faults)
+        assert killed.returncode == -9, (killed.stdout, killed.stderr[-2000:])
+        assert Journal(root / "state").load().phase is Phase.COMMITTING
+        assert await rauc_device.reboot() == "B"
+        settings = guard.load_settings(config_path, env={})
+        env = guard.Env(uptime=lambda: 3600.0, now=lambda: 2_000_000_000.0, sleep=lambda s: None, log=lambda m, level: None)
+        assert guard.run(settings, env) == 0
+        assert not (root / "state" / "guard.json").exists()
+        assert rauc_device.bootstate()["state_B"] == "good", rauc_device.bootstate()
+        done = _check(config_path)
+        assert done.returncode == 0 and "completed" in done.stdout, (done.stdout, done.stderr[-2000:])
+    info = await _slots(rauc_device)
+    assert info.booted == info.primary == "rootfs.1" and info.version_of("rootfs.1") == "2.0.0"
+    kinds = _events(rauc_device)
+    assert kinds.count("completed") == 1 and kinds.count("rollback") == 0, kinds
+    assert await rauc_device.reboot() == "B"
 
 
 async def test_local_bundle_version_comes_from_its_manifest(rauc_device: Any) -> None:

@@ -45,6 +45,13 @@ class RealRauc:
         with contextlib.suppress(InstallerError):
             await task
 
+    async def mark_bad_booted_alone(self) -> None:
+        """What ``ota-daemon-guard`` runs before its reboot: ``rauc status mark-bad booted``."""
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.device.bus_address}
+        proc = await asyncio.create_subprocess_exec("rauc", "status", "mark-bad", "booted", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+
     async def power_cycle(self, *, boot_fails: bool = False) -> None:
         await self.device.reboot(boot_fails=boot_fails)
 
