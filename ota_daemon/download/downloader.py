@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import shutil
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -473,7 +474,7 @@ class Downloader:
         timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
         try:
             resp = await stack.enter_async_context(self.http.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True))
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError) as exc:  # anyio lets a TLS alert through unwrapped
             self._raise_network(url, exc)
         except httpx.TooManyRedirects:
             raise UpdateFailed(f"more than the allowed redirects from {redact_url(url)}", phase="downloading") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -60,7 +61,7 @@ class _HttpxBody:
             except StopAsyncIteration:
                 self.ended = True
                 break
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, ssl.SSLError) as exc:  # anyio lets a TLS alert through unwrapped
                 self.ended = True
                 if not parts:
                     raise _Retry(f"connection failed while reading the body: {_network_reason(exc)}") from None
