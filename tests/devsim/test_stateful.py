@@ -2,7 +2,8 @@
 
 Rules publish releases of every kind (good; corrupt; refused by the installer; failing the
 health gate; dying in the trial boot; a daemon that never starts; built for another system),
-move the tag back and forth, cut power at any enumerated cut point, reboot, run the guard and
+move the tag back and forth, cut power at any enumerated cut point, reboot, run the guard (and
+cut power while it acts) and
 passes; and the field's rules (issue 13): clock jumps both ways and a boot at 1970, hub
 outages longer than a day, refused hub writes, images that 404 and then appear, changes of the
 hub's config property, a nearly full disk. After every step the world's invariants must hold;
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from ota_daemon.devsim.models import BrickedError
-from ota_daemon.devsim.rules import CLOCK_JUMPS, HUB_CONFIGS, Driver, cut_points
+from ota_daemon.devsim.rules import CLOCK_JUMPS, GUARD_POINTS, HUB_CONFIGS, Driver, cut_points
 from ota_daemon.devsim.world import RELEASE_KINDS, World
 
 EXAMPLES = int(os.environ.get("DEVSIM_EXAMPLES", "30"))
@@ -111,6 +112,10 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule()
     def guard(self) -> None:
         self.step(self.driver.guard())
+
+    @rule(point=st.sampled_from(GUARD_POINTS))
+    def guard_cut(self, point: str) -> None:
+        self.step(self.driver.guard_cut(point))
 
     @rule(seconds=st.sampled_from(CLOCK_JUMPS))
     def clock_jump(self, seconds: float) -> None:
