@@ -135,6 +135,37 @@ async def test_guard_reboot_named_in_rollback(world: SimWorld, clock: FakeClock)
     assert "rebooted by ota-daemon-guard: still uncommitted 1800s after boot" in result.message
 
 
+def _attempt_id(world: SimWorld) -> str:
+    journal = json.loads((world.state_dir / "journal.json").read_text())
+    return str(journal["attempt"]["id"])
+
+
+async def test_guard_reboot_named_after_the_clock_jumped_back(world: SimWorld, clock: FakeClock) -> None:
+    """The guard's record names the attempt: a wall clock that jumped back between the install
+    and the guard's reboot (no RTC, NTP correcting a clock that ran ahead) does not hide it."""
+    world.publish("1.1.0")
+    assert (await run_pass(world, clock)).result is Result.REBOOTING
+    record = {"at": clock.now() - 86400, "action": "reboot", "reason": "still uncommitted 1800s after boot", "attemptId": _attempt_id(world)}
+    (world.state_dir / "guard.json").write_text(json.dumps(record))
+    world.device.boot()
+    result = await run_pass(world, clock)
+    assert result.result is Result.ROLLED_BACK
+    assert "rebooted by ota-daemon-guard: still uncommitted 1800s after boot" in result.message
+
+
+async def test_an_older_attempts_guard_record_is_not_this_attempts(world: SimWorld, clock: FakeClock) -> None:
+    """A guard record of another attempt, stamped later than this attempt started (the clock
+    jumped back since), is not the reason this attempt rolled back."""
+    world.publish("1.1.0")
+    assert (await run_pass(world, clock)).result is Result.REBOOTING
+    record = {"at": clock.now() + 86400, "action": "reboot", "reason": "still uncommitted 1800s after boot", "attemptId": "an-older-attempt"}
+    (world.state_dir / "guard.json").write_text(json.dumps(record))
+    world.device.boot()
+    result = await run_pass(world, clock)
+    assert result.result is Result.ROLLED_BACK
+    assert "ota-daemon-guard" not in result.message
+
+
 async def test_new_tag_after_quarantine_installs(world: SimWorld, clock: FakeClock) -> None:
     """Once the tag points at another version, that version installs."""
     world.publish("1.1.0")

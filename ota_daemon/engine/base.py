@@ -134,8 +134,15 @@ class EngineBase:
             record = json.loads((self.config.state.dir / "guard.json").read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or not isinstance(record.get("at"), int | float) or record["at"] < attempt.started_at:
+        if not isinstance(record, dict) or record.get("action") not in (None, "reboot"):
             return None
+        if isinstance(record.get("attemptId"), str):
+            # the guard names the attempt it found on trial: no wall-clock comparison, which a
+            # clock that jumped either way would get wrong
+            if record["attemptId"] != attempt.id:
+                return None
+        elif not isinstance(record.get("at"), int | float) or record["at"] < attempt.started_at:
+            return None  # a record without an attempt (no journal then): judged by its time
         return f"rebooted by ota-daemon-guard: {str(record.get('reason') or 'still uncommitted')[:300]}"
 
     def _forget_entries(self, version: str) -> None:
