@@ -99,6 +99,7 @@ EFFECTS: frozenset[str] = frozenset(
         # the journal (state.py): transitions and the other writes
         *(f"journal:{a.value}->{b.value}" for a, b in TRANSITIONS),
         *(f"journal:{why}" for why in JOURNAL_SAVES),
+        "journal.aside",  # an unreadable journal renamed aside (journal.corrupt.<pid>.json)
         # installer calls (the engine's InstallerSeam wraps every protocol method with one)
         "installer.install",  # before: install start; after: install completion
         "installer.reboot",  # arms the try-boot where the installer arms at reboot, then reboots

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ota_daemon.errors import JournalError, LockHeld
-from ota_daemon.faults import fault_point, reach
+from ota_daemon.faults import effect, fault_point, reach
 
 SCHEMA_VERSION = 1
 #: a journal larger than this is not one we wrote: it is moved aside unread
@@ -303,7 +303,8 @@ class Journal:
         """The journal is unreadable: keep it for a post-mortem, start from an empty one."""
         aside = self.path.with_name(f"journal.corrupt.{os.getpid()}.json")
         try:
-            os.replace(self.path, aside)
+            with effect("journal.aside"):  # faults.effect: state sits below the registry (effects.py)
+                os.replace(self.path, aside)
         except OSError as move_exc:
             raise JournalError(f"{self.path}: unreadable and cannot be moved aside: {move_exc}") from None
         self.recovered_from = f"{self.path} was unreadable ({reason}); moved to {aside.name}"

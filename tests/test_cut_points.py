@@ -310,7 +310,8 @@ def reached_by(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]
 #: cut by their own tests: the guard's record and reboot below (the guard runs beside the
 #: engine, not in a pass); a signed hub's writes in tests/signing/test_power_cuts.py (a signed
 #: repository); the Nexigon hub's files in tests/nexigon/test_power_cuts.py (the agent double);
-#: SWUpdate's booted-slot pin in tests/swupdate/test_swupdate_power_cuts.py (the real SWUpdate)
+#: SWUpdate's booted-slot pin in tests/swupdate/test_swupdate_power_cuts.py (the real SWUpdate);
+#: an unreadable journal moved aside below (a scenario of its own, cut only there)
 OWN_TESTS = frozenset(
     f"{side}:{name}"
     for side in ("before", "after")
@@ -319,6 +320,7 @@ OWN_TESTS = frozenset(
         "tuf.metadata", "tuf.floor", "tuf.seen",
         "hub.device-id", "hub.details-cache",
         "swupdate.booted-pin",
+        "journal.aside",
     )
 )
 
@@ -376,3 +378,20 @@ async def test_power_cut_around_the_guards_rollback(point: str) -> None:
             assert not leftovers, leftovers
         finally:
             await world.aclose()
+
+
+def _unreadable_journal(world: SimWorld, clock: FakeClock) -> None:
+    world.state_dir.mkdir(parents=True, exist_ok=True)
+    (world.state_dir / "journal.json").write_text('{"phase": "installing", "attempt": ')  # torn
+
+
+@pytest.mark.parametrize("point", ["before:journal.aside", "after:journal.aside"])
+async def test_power_cut_around_moving_an_unreadable_journal_aside(tmp_path: Path, point: str) -> None:
+    """The journal is unreadable (planted torn); the pass keeps it aside for a post-mortem and
+    starts from an empty one. A cut before or after that rename: the update still converges
+    with every invariant of :func:`run_scenario`, and exactly one copy is kept aside."""
+    scenario = Scenario("unreadable journal", "1.1.0", prepare=_unreadable_journal)
+    run = await run_scenario(tmp_path, scenario, point)
+    assert run.cut and point in run.reached
+    kept = sorted(p.name for p in tmp_path.rglob("journal.corrupt.*.json"))
+    assert len(kept) == 1, kept

@@ -40,7 +40,6 @@ NOT_THE_DAEMON: dict[str, str] = {
 ALLOWED: dict[tuple[str, str], str] = {
     ("state.py", "atomic_write"): "the low-level helper: every call of it is checked here",
     ("state.py", "Journal._write"): "journal writes reach before:/after:journal:<...> through faults.reach (state sits below effects)",
-    ("state.py", "Journal._move_aside"): "an unreadable journal renamed aside: a cut on either side leaves an unreadable journal (moved again) or none (read as empty)",
     ("state.py", "StateLock.acquire"): "the lock file's note of its holder: flock dies with the process, the note is only read for a message",
     ("state.py", "StateLock.release"): "the lock file's note of its holder, emptied",
     ("cli.py", "_sim"): "`ota-daemon sim make-image`: a tool writing the file it was asked for",

@@ -37,14 +37,14 @@ GUARD_EFFECTS = frozenset({"guard.record", "guard.reboot"})
 #: effects of the seam left out of the pass cut points: no rule of this world reaches them
 #: (deferral leases and hooks with the elapsed-time file they read, operator retries, a hub
 #: refusing events for good, the events file's trim, a killed writer's temporary file, signed
-#: hubs, the Nexigon hub's files, the SWUpdate backend's booted-slot pin: the model answers for
-#: the tool), so tests/test_cut_points.py cuts there; the HTTP ones only in HTTP worlds
+#: hubs, the Nexigon hub's files, an unreadable journal moved aside, the SWUpdate backend's
+#: booted-slot pin: the model answers for the tool), so tests/test_cut_points.py cuts there; the HTTP ones only in HTTP worlds
 #: (``cut_points(kind, http=True)``), the guard's by the ``guard_cut`` rule (:data:`GUARD_POINTS`)
 UNMODELLED = frozenset(
     {
         "events.trim", "journal:deferral", "journal:outcome", "journal:quarantine-cleared", "spool.drop",
         "temp.sweep", "tuf.metadata", "tuf.floor", "tuf.seen", "state.elapsed", "hub.device-id", "hub.details-cache",
-        "swupdate.booted-pin", *HTTP_ONLY, *GUARD_EFFECTS,
+        "swupdate.booted-pin", "journal.aside", *HTTP_ONLY, *GUARD_EFFECTS,
     }
 )
 GUARD_POINTS = tuple(sorted(f"{side}:{name}" for name in GUARD_EFFECTS for side in ("before", "after")))
