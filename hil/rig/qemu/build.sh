@@ -13,7 +13,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 FILES="$HERE/files"
 MIRROR="${HIL_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SLOT_MB=448        # each root partition and each slot image
+SLOT_MB=448        # each root partition (a slot image is sized to its content: SLOT_FREE_MB free)
+SLOT_FREE_MB=48    # room on a slot for its journal, logs and bytecode written at run time
 BOOT_MB=32         # GRUB's partition: modules, grub.cfg, grubenv
 DATA_MB=768        # state, cache and configuration shared by both slots
 SYSTEM=hil-qemu    # RAUC compatible and the build-info name
@@ -69,10 +70,21 @@ rootfs() {  # SYSTEM_DIR VERSION BEHAVIOUR OUT: one slot's file system image
     mkdir -p "$merged"
     mount -t overlay overlay -o "lowerdir=$stage:$dir" "$merged"
     local rc=0
-    mkfs.ext4 -q -F -L slot -d "$merged" "$out.tmp" "${SLOT_MB}M" || rc=$?
+    mkfs.ext4 -q -F -L slot -T default -b 4096 -m 0 -J size=8 -d "$merged" "$out.tmp" "${SLOT_MB}M" || rc=$?
     umount "$merged"
     rm -rf "$stage" "$merged"
     [ $rc = 0 ] || die "mkfs.ext4 -d failed for $out"
+    # sized to its content plus room for the slot's own journal and caches: RAUC writes every
+    # byte of the image (not only the used blocks), and the bundle carries them
+    e2fsck -fy "$out.tmp" >/dev/null 2>&1 || [ $? -le 1 ] || die "e2fsck failed for $out"
+    resize2fs -M "$out.tmp" >/dev/null 2>&1 || die "resize2fs -M failed for $out"
+    local blocks bsize
+    blocks=$(dumpe2fs -h "$out.tmp" 2>/dev/null | sed -n 's/^Block count: *//p')
+    bsize=$(dumpe2fs -h "$out.tmp" 2>/dev/null | sed -n 's/^Block size: *//p')
+    local want=$(( blocks * bsize / 1048576 + SLOT_FREE_MB ))
+    [ "$want" -le "$SLOT_MB" ] || die "slot image of $version needs ${want} MiB, the partition has ${SLOT_MB} MiB"
+    resize2fs "$out.tmp" "${want}M" >/dev/null 2>&1 || die "resize2fs ${want}M failed for $out"
+    truncate -s "${want}M" "$out.tmp"
     mv "$out.tmp" "$out"
 }
 
