@@ -148,3 +148,37 @@ def test_hil_rig_check_bench_reports_unreachable_board(tmp_path: Path) -> None:
         check_bench(bench, run=fake_ssh)
     ok = check_bench(bench, run=lambda cmd, **_: subprocess.CompletedProcess(cmd, 0, "enabled\nabcd-boot\n", ""))
     assert ok[-1].endswith("boot id abcd-boot")
+
+
+def test_hil_rig_qemu_cuts_power_on_the_daemons_kill_line() -> None:
+    """The qemu target cuts the power when the console says the daemon was SIGKILLed (a fault
+    point fired) while a point is armed; not on other exits, not with nothing armed."""
+    import threading
+
+    from hil.rig.targets.qemu import QemuDevice
+
+    device = object.__new__(QemuDevice)  # the console logic only: no QEMU, no disk
+    device._lock = threading.RLock()
+    device._armed = []
+    device._proc = object()  # type: ignore[assignment]
+    device._boots, device._last_lines = [], []
+    device._next_reason, device._panicked, device._cut_next_reboot = None, False, False
+    device.recorder = Recorder("selftest")
+    cut = threading.Event()
+    cuts: list[str] = []
+
+    def fake_cut(why: str) -> None:
+        cuts.append(why)
+        cut.set()
+
+    device._cut = fake_cut  # type: ignore[method-assign]
+    device._on_console("HIL-DAEMON-EXIT result=signal status=KILL")  # nothing armed
+    device._armed = ["install:50"]
+    device._on_console("HIL-DAEMON-EXIT result=exit-code status=1")  # a failed start
+    device._on_console("HIL-DAEMON-EXIT result=success status=0")  # a stop
+    assert not cut.wait(0.2) and cuts == []
+    device._on_console("HIL-DAEMON-EXIT result=signal status=KILL")
+    assert cut.wait(5.0), "no power cut"
+    assert cuts == ["fault point install:50"] and device._armed == []
+    fired = device.recorder.select("fault", "fault-point")
+    assert [e["point"] for e in fired] == ["install:50"]

@@ -59,7 +59,12 @@ ln -s /data/etc/ota-daemon/config.toml "$R/etc/ota-daemon/config.toml"
 # the rig writes; hil-boot moves an "at the next boot" list into place before the daemon starts
 mkdir -p "$SEED/hil" "$R/etc/systemd/system/ota-daemon.service.d"
 echo '[]' > "$SEED/hil/faults.json"
-printf '[Service]\nEnvironment=OTA_DAEMON_FAULTS=/data/hil/faults.json\n' > "$R/etc/systemd/system/ota-daemon.service.d/hil-faults.conf"
+# When the daemon dies (a fault point SIGKILLs it), say so on the serial console at once: the rig
+# cuts the power on that line. Polling the file over SSH came too late under TCG (the rig's
+# reads yield to RAUC, which finished the slot before the cut). The file is synced first, so
+# the point that fired stays removed across the cut.
+printf '[Service]\nEnvironment=OTA_DAEMON_FAULTS=/data/hil/faults.json\nExecStopPost=/bin/sh -c '"'"'sync -f /data/hil/faults.json; echo "HIL-DAEMON-EXIT result=$$SERVICE_RESULT status=$$EXIT_STATUS" > /dev/ttyS0'"'"'\n' \
+    > "$R/etc/systemd/system/ota-daemon.service.d/hil-faults.conf"
 
 # HIL: boot marker on the console, payload behaviours, the application health check
 install -m 0755 "$F/hil-boot" "$R/usr/local/sbin/hil-boot"

@@ -54,7 +54,7 @@ SNAPSHOT = "hil-booted"
 #: lock and the other spins (soft lockups, RCU stalls, the daemon's watchdog firing)
 MACHINE = ("-smp", "1", "-m", "640")
 #: guard.timeout under TCG (boot to commit takes minutes there; 150 s under KVM, as built)
-TCG_GUARD_TIMEOUT = "480s"
+TCG_GUARD_TIMEOUT = "360s"
 FAULTS = "/data/hil/faults.json"
 FAULTS_NEXT_BOOT = "/data/hil/faults-next-boot.json"
 CONFIG = "/data/etc/ota-daemon/config.toml"
@@ -65,6 +65,8 @@ SLOT_DEV = {"a": "/dev/vda2", "b": "/dev/vda3"}
 
 _GRUB = re.compile(r"HIL-GRUB boot=(?P<slot>[AB]) trial=(?P<trial>[01])")
 _UP = re.compile(r"HIL-UP slot=(?P<slot>[AB]?) version=(?P<version>\S+) behaviour=(?P<behaviour>\S+)")
+#: the image's ExecStopPost of ota-daemon.service (rig/qemu/system-hook.sh)
+_DAEMON_EXIT = re.compile(r"HIL-DAEMON-EXIT result=(?P<result>\S*) status=(?P<status>\S*)")
 
 
 def _free_port() -> int:
@@ -257,6 +259,11 @@ class QemuDevice:
                 if m["behaviour"] == "hang":
                     self.recorder.record("boot", "hang", slot=m["slot"].lower())
                 return
+            if (m := _DAEMON_EXIT.search(line)) and m["status"] == "KILL" and self._armed:
+                # a fault point fired: the daemon removed it from the file, synced it and SIGKILLed
+                # itself; cut now, while RAUC may still be writing the slot (the SSH watcher is
+                # the fallback: its reads yield to RAUC on the guest's one vCPU)
+                threading.Thread(target=self._cut_for_fault, args=(line.strip(),), daemon=True).start()
             if "Kernel panic" in line:
                 self._panicked = True  # the call trace that follows is longer than the tail kept
                 self.recorder.record("boot", "panic", line=line.strip()[:200])
@@ -264,6 +271,16 @@ class QemuDevice:
                 self._cut_next_reboot = False
                 threading.Thread(target=self._cut_while_rebooting, daemon=True).start()
             self._last_lines = [*self._last_lines[-40:], line]
+
+    def _cut_for_fault(self, line: str) -> None:
+        with self._lock:
+            if not self._armed or self._proc is None:
+                return
+            # one point is armed at a time in the scenarios: the one armed is the one that fired
+            fired, self._armed = self._armed, []
+            what = f"fault point {', '.join(fired)}"
+            self.recorder.record("fault", "fault-point", what=what, point=fired[0], seen=line[:120])
+            self._cut(what)
 
     def _cut_while_rebooting(self) -> None:
         with self._lock:
