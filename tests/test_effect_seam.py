@@ -6,8 +6,17 @@ files — ``os.replace``/``rename``/``unlink``/``remove``/``ftruncate``, ``Path.
 ``write_bytes``/``unlink``/``rename``/``replace``, ``shutil.rmtree``/``copy*``/``move``,
 ``tempfile.mkdtemp``/``mkstemp``, ``open`` for writing, ``os.open`` with a writing flag, and the
 atomic-write helper ``state.atomic_write`` — and fails on each one that is not lexically inside
-``with effect("<name>")``, unless its function is in :data:`ALLOWED` with the reason. Directory
-creation (``mkdir``) is not an effect a cut can tear: it is idempotent and every writer redoes it.
+``with effect("<name>")`` (``effects.effect`` or ``faults.effect``), unless its function is a
+helper every use of which is so (:func:`unsealed_sites`), or is in :data:`ALLOWED` with the
+reason. Directory creation (``mkdir``) is not an effect a cut can tear: it is idempotent and
+every writer redoes it. Subprocesses are not scanned (the installer calls are marked by the
+engine's ``InstallerSeam``).
+
+On the code before the seam covered them this flagged 31 call sites: the downloader's partial
+file, checkpoints, rename and discards, ``elapsed.json``, ``hub-config.json``, the static hub's
+ETag cache, the Nexigon hub's device id and details cache, SWUpdate's booted-slot pin, the TUF
+metadata's leftovers, the rollback floor and versions seen, ``guard.json`` and the sweep of
+temporary files.
 
 So a new file operation outside the seam fails here; it is fixed by wrapping it (and adding the
 effect to ``effects.EFFECTS``, which ``tests/test_cut_points.py`` then makes a scenario reach).
