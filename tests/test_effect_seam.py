@@ -15,8 +15,8 @@ engine's ``InstallerSeam``).
 On the code before the seam covered them this flagged 31 call sites: the downloader's partial
 file, checkpoints, rename and discards, ``elapsed.json``, ``hub-config.json``, the static hub's
 ETag cache, the Nexigon hub's device id and details cache, SWUpdate's booted-slot pin, the TUF
-metadata's leftovers, the rollback floor and versions seen, ``guard.json`` and the sweep of
-temporary files.
+metadata's leftovers, the rollback floor and versions seen, ``guard.json``, the sweep of
+temporary files and the rename of an unreadable journal aside.
 
 So a new file operation outside the seam fails here; it is fixed by wrapping it (and adding the
 effect to ``effects.EFFECTS``, which ``tests/test_cut_points.py`` then makes a scenario reach).
