@@ -139,5 +139,5 @@ rm -rf "$R/usr/share/doc" "$R/usr/share/man" "$R/usr/share/info" "$R/usr/share/l
     "$R/usr/lib/python3.11/ensurepip" "$R/var/cache/apt/"*.bin "$R/var/cache/debconf/"*-old "$R/var/lib/apt/lists/"* \
     "$R/boot/System.map-"* "$R/boot/config-"* "$R/var/log/"*.log
 rm -f "$R/usr/lib/x86_64-linux-gnu/libperl.so"* "$R/usr/lib/x86_64-linux-gnu/gconv/"*.so
-rm -rf "$R/opt/ota-daemon/lib/python3.11/site-packages/"{setuptools,pkg_resources,_distutils_hack,wheel}
+rm -rf "$R/opt/ota-daemon/lib/python3.11/site-packages/"{setuptools,pkg_resources,_distutils_hack,wheel,distutils-precedence.pth}
 find "$R/usr/share/zoneinfo" -mindepth 1 -maxdepth 1 ! -name Etc ! -name UTC ! -name zone.tab ! -name tzdata.zi -exec rm -rf {} +
