@@ -139,7 +139,8 @@ EFFECTS: frozenset[str] = frozenset(
         "swupdate.booted-pin",  # the slot this boot started from, pinned before an install re-arms rootpart
         # ota-daemon-guard
         "guard.record",  # guard.json: a rollback reboot it asked for
-        "guard.reboot",  # its reboot (RAUC's trial marked bad first; the simulated bootloader's state)
+        "guard.mark-bad",  # the booted trial marked bad, where the install armed it for every boot (RAUC)
+        "guard.reboot",  # its reboot (RAUC's trial marked bad first, inside it; the simulated bootloader's state)
     }
 )
 

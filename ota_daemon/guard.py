@@ -341,7 +341,8 @@ def reboot_system(settings: GuardSettings) -> None:
     try-once), a plain reboot would boot the trial slot again: the booted slot is marked bad
     first (``rauc status mark-bad booted``), so the bootloader takes the other one."""
     if settings.kind == "rauc" and settings.booted_is_trial:
-        run_tool([settings.rauc_bin, "status", "mark-bad", "booted"], _rauc_env(settings.rauc_bus))
+        with effect("guard.mark-bad"):  # a cut after it: the next boot takes the other slot
+            run_tool([settings.rauc_bin, "status", "mark-bad", "booted"], _rauc_env(settings.rauc_bus))
     if settings.kind == "simulated":
         # the device's own boot rules (try-once); imported here: it pulls in pydantic
         from ota_daemon.installers.simulated import SimulatedDevice

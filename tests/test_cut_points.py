@@ -316,7 +316,7 @@ OWN_TESTS = frozenset(
     f"{side}:{name}"
     for side in ("before", "after")
     for name in (
-        "guard.record", "guard.reboot",
+        "guard.record", "guard.reboot", "guard.mark-bad",
         "tuf.metadata", "tuf.floor", "tuf.seen",
         "hub.device-id", "hub.details-cache",
         "swupdate.booted-pin",
@@ -349,16 +349,22 @@ async def test_power_cut_at_every_point(tmp_path: Path, point: str, reached_by: 
         assert run.cut, (SCENARIOS[index].name, point)
 
 
-@pytest.mark.parametrize("point", sorted(p for p in OWN_TESTS if ":guard." in p))
-async def test_power_cut_around_the_guards_rollback(point: str) -> None:
+def _guard_cases() -> list[tuple[str, str]]:
+    from ota_daemon.devsim.rules import guard_points
+
+    return [(kind, p) for kind in ("simulated", "rauc") for p in guard_points(kind) if p in OWN_TESTS and (kind == "simulated" or p not in guard_points("simulated"))]
+
+
+@pytest.mark.parametrize(("kind", "point"), _guard_cases())
+async def test_power_cut_around_the_guards_rollback(kind: str, point: str) -> None:
     """``ota-daemon-guard`` rolls back a trial whose daemon never starts; the power goes just
-    before or after it writes ``guard.json``, or before or after its reboot. Once the power is
-    back the device converges to the fallback, the rollback reported once, no temporary file of
-    the record left."""
+    before or after it writes ``guard.json``, before or after it marks RAUC's trial bad, or
+    before or after its reboot. Once the power is back the device converges to the fallback,
+    the rollback reported once, no temporary file of the record left."""
     from ota_daemon.devsim.world import World, scratch_dir
 
     with scratch_dir() as root:
-        world = World(root / "w", "simulated")
+        world = World(root / "w", kind)
         try:
             world.publish("1.1.0", "no-daemon")
             for _ in range(3):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ota_daemon.devsim.models import MODELS, BrickedError
-from ota_daemon.devsim.rules import CLOCK_JUMPS, GUARD_POINTS, WEIGHTS, Driver, cut_points
+from ota_daemon.devsim.rules import CLOCK_JUMPS, WEIGHTS, Driver, cut_points, guard_points
 from ota_daemon.devsim.world import RELEASE_KINDS, World, scratch_dir
 
 
@@ -32,7 +32,7 @@ async def random_step(driver: Driver, rng: random.Random, points: list[str]) -> 
         "tag": {"index": rng.randrange(1000)},
         "cut": {"point": rng.choice(points)},
         "crash": {"point": rng.choice(points)},
-        "guard_cut": {"point": rng.choice(GUARD_POINTS)},
+        "guard_cut": {"point": rng.choice(guard_points(driver.world.kind))},
         "stream": {"on": rng.random() < 0.5},
         "clock_jump": {"seconds": rng.choice(CLOCK_JUMPS)},
         "outage": {"hours": rng.choice((2.0, 26.0, 50.0))},
@@ -100,7 +100,7 @@ async def explore(seed: int, total_steps: int, scenario_steps: int, kinds: list[
                     print(f"    {i:3d}. {line}", file=out)
                 for message in broken:
                     print(f"    VIOLATION: {message}", file=out)
-    enumerated = sorted({p for kind in kinds for http in (False, True) for p in cut_points(kind, http=http)} | set(GUARD_POINTS))
+    enumerated = sorted({p for kind in kinds for http in (False, True) for p in cut_points(kind, http=http)} | {p for kind in kinds for p in guard_points(kind)})
     hit = [p for p in enumerated if reached[p]]
     print(f"\nseed {seed}: {scenarios} scenarios, {steps} steps, {passes} passes, {cuts} power cuts, {time.monotonic() - started:.0f}s", file=out)
     print("pass results: " + ", ".join(f"{k} {v}" for k, v in results.most_common()), file=out)

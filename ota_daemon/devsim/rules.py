@@ -33,7 +33,10 @@ INSTALLER_CALLS = ("install", "mark_bad", "reboot", "commit")
 #: the downloader's files in the cache and the static hub's ETag cache (a ``file://`` repository is read in place)
 HTTP_ONLY = frozenset({"download.open", "download.checkpoint", "download.finish", "download.discard", "hub.etag-cache"})
 #: the guard's effects: the ``guard_cut`` rule cuts there while ``ota-daemon-guard`` runs
-GUARD_EFFECTS = frozenset({"guard.record", "guard.reboot"})
+GUARD_EFFECTS = frozenset({"guard.record", "guard.reboot", "guard.mark-bad"})
+#: the guard's effects that only some installers have: it marks a trial bad itself only where the
+#: install armed the slot for every boot and nothing counts tries (RAUC)
+GUARD_ONLY = {"guard.mark-bad": frozenset({"rauc"})}
 #: effects of the seam left out of the pass cut points: no rule of this world reaches them
 #: (deferral leases and hooks with the elapsed-time file they read, operator retries, a hub
 #: refusing events for good, the events file's trim, a killed writer's temporary file, signed
@@ -48,6 +51,11 @@ UNMODELLED = frozenset(
     }
 )
 GUARD_POINTS = tuple(sorted(f"{side}:{name}" for name in GUARD_EFFECTS for side in ("before", "after")))
+
+
+def guard_points(kind: str) -> tuple[str, ...]:
+    """The guard's cut points a device with installer ``kind`` reaches."""
+    return tuple(p for p in GUARD_POINTS if kind in GUARD_ONLY.get(p.split(":", 1)[1], frozenset({kind})))
 
 
 def cut_points(kind: str, *, http: bool = False) -> list[str]:

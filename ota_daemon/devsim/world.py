@@ -521,7 +521,7 @@ class World:
 
     def run_guard(self) -> int:
         """``ota-daemon-guard`` as its timer starts it: guard.timeout after boot. A cut armed at
-        one of its effects (``guard.record``, ``guard.reboot``) cuts the power there."""
+        one of its effects (``guard.record``, ``guard.mark-bad`` on RAUC, ``guard.reboot``) cuts the power there."""
         from ota_daemon import guard
         from ota_daemon.guard import Env, GuardSettings, run
 

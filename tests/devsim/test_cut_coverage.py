@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from ota_daemon.devsim.rules import GUARD_POINTS, HTTP_ONLY, Driver, cut_points
+from ota_daemon.devsim.rules import GUARD_POINTS, HTTP_ONLY, Driver, cut_points, guard_points
 from ota_daemon.devsim.world import World, scratch_dir
 from tests.devsim.conftest import KINDS
 
@@ -77,7 +77,8 @@ async def test_http_and_guard_cut_points_are_reached(kind: str) -> None:
     missing = [point for point in http_only if not reached[point]]
     assert http_only
     assert not missing, f"cut points no HTTP scenario reaches on {kind}: {missing}"
-    for point in GUARD_POINTS:
+    assert set(guard_points("rauc")) == set(GUARD_POINTS)  # the RAUC world reaches every guard point
+    for point in guard_points(kind):
         with scratch_dir() as root:
             world = World(root / "w", kind)
             driver = Driver(world)
