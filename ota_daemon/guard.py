@@ -162,6 +162,7 @@ class JournalFacts:
     attempt_id: str | None = None
     boot_id: str | None = None
     target_slot: str | None = None
+    from_slot: str | None = None  # the slot the attempt started from
     committed: bool = False  # the daemon journaled the installer's commit of this attempt
     gate_passed: bool = False  # the gate passed and the installer's commit was asked for (maybe done)
     problem: str | None = None  # why the journal could not be read, if it could not
@@ -190,6 +191,7 @@ def read_journal(state_dir: Path) -> JournalFacts:
         attempt_id=text(attempt.get("id")),
         boot_id=text(attempt.get("boot_id")),
         target_slot=text(attempt.get("target_slot")),
+        from_slot=text(attempt.get("from_slot")),
         committed=attempt.get("committed") is True,
         gate_passed=bool(text(attempt.get("gate_passed_boot"))),
     )
@@ -205,6 +207,9 @@ def with_journal_trial(facts: SlotFacts, journal: JournalFacts) -> SlotFacts:
     its health gate passed and the commit was asked of the tool: a power cut between RAUC's
     ``mark-good`` and the journal's ``committed`` leaves exactly that, and marking the slot bad
     then would destroy a committed version (the daemon finishes the commit on its next pass).
+    An attempt still in ``installing`` whose booted slot is not the one it started from is a
+    trial too: the install finished and armed the slot, the daemon died before it journaled
+    ``rebooting`` (a watchdog or OOM kill), and the device booted the new slot since.
     """
     if facts.uncommitted or TRAITS[facts.kind].trial_visible:
         return facts
@@ -215,6 +220,12 @@ def with_journal_trial(facts: SlotFacts, journal: JournalFacts) -> SlotFacts:
         and not journal.committed
         and not journal.gate_passed
         and journal.boot_id != facts.boot_id
+    ) or (
+        journal.phase == "installing"
+        and journal.from_slot is not None
+        and facts.booted is not None
+        and facts.booted != journal.from_slot
+        and not journal.committed
     )
     if not trial:
         return facts

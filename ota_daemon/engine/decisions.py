@@ -120,6 +120,10 @@ def resume_action(
             # Cut while installing: ask the installer what the other slot now holds. An
             # installer that arms at install may have finished (and the device rebooted into it).
             target = info.other(attempt.from_slot)
+            if guard_rebooted and info.booted == attempt.from_slot:
+                # the install finished, the device booted it before any pass, its trial never
+                # committed and ota-daemon-guard sent it back: a rollback, not a fresh install
+                return Resume.ROLLED_BACK
             if _holds_target(info, target, attempt, traits):
                 if info.booted == target:
                     return Resume.INSTALLED_BOOTED

@@ -86,6 +86,8 @@ class PostReboot(InstallHalf):
                 return await self._complete(attempt, current)
             case Resume.ROLLED_BACK:
                 assert attempt is not None
+                if attempt.target_slot is None:  # rolled back before the journal learnt the install ended
+                    attempt.target_slot = info.other(attempt.from_slot)
                 return await self._rolled_back(attempt, info, current)
             case Resume.ADOPT_TRIAL:
                 attempt = self._adopted_attempt(info, current)

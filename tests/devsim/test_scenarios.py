@@ -335,3 +335,28 @@ async def test_guard_leaves_the_fallback_it_rolled_back_to_alone(sim: World) -> 
     assert sim.counters.guard_reboots == 1, sim.model.observe()
     assert sim.running_version() == "1.0.0"
     assert sim.violations == []
+
+
+async def test_guard_reboots_a_trial_the_journal_still_calls_installing(sim: World, request: pytest.FixtureRequest) -> None:
+    """The daemon dies right after the installer finished (the systemd watchdog, an OOM kill)
+    and the power goes before any pass journals ``rebooting``: the journal still says
+    ``installing``. RAUC armed the new slot at install, so the device boots it; its daemon never
+    starts. The guard took "installing" for no trial and left the device on a system without a
+    daemon for good (RAUC, seed 1 of the long exploration, ``--installer rauc``): a booted slot
+    other than the one the attempt started from is the attempt's trial."""
+    known(request, "no-daemon", sim.kind)
+    sim.publish("1.1.0", "no-daemon")
+    sim.arm_cut("after:installer.install", crash=True)
+    assert result(await sim.run_pass()) == "crash"
+    sim.power_on()
+    if sim.running_version() != "1.1.0":
+        return  # the installer arms at reboot (try-once, Rugix): the old system boots, nothing is on trial
+    assert result(await sim.run_pass()) == "dead"
+    sim.run_guard()
+    assert sim.running_version() == "1.0.0", sim.model.observe()
+    assert sim.counters.guard_reboots == 1
+    assert result(await sim.run_pass()) in ("rollback", "blocked")
+    assert await sim.converge() is None, sim.violations
+    assert sim.running_version() == "1.0.0"
+    assert endings(sim) == ["rollback"]
+    assert sim.violations == []

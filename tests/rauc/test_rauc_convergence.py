@@ -161,6 +161,43 @@ async def test_guard_reboots_a_stuck_rauc_trial(rauc_device: Any) -> None:
     assert _events(rauc_device).count("rollback") == 1
 
 
+async def test_guard_reboots_a_trial_the_journal_still_calls_installing(rauc_device: Any) -> None:
+    """The daemon is killed right after RAUC's Completed (the systemd watchdog, an OOM kill),
+    before ``rebooting`` is journaled; the device reboots into B, which RAUC armed, and B's
+    daemon never starts. The journal still says ``installing``: the guard took that for no
+    trial and left the device on B for good. B booted while the attempt started from A, so it
+    is the attempt's trial: the guard marks it bad and reboots, A boots, and the daemon reports
+    one rollback with the guard's reason instead of installing 2.0.0 again."""
+    root: Path = rauc_device.root
+    repo = root / "repository"
+    publish(repo, "fleet/system/stable", version="2.0.0", files=[("otatest.raucb", rauc_device.build_bundle("2.0.0"))])
+    faults = root / "faults.json"
+    faults.write_text(json.dumps(["after:installer.install"]))
+    with serve_directory(repo) as server:
+        config_path = root / "config.toml"
+        config_path.write_text(to_toml(_tables(rauc_device, server.url)))
+        killed = _check(config_path, faults)
+        assert killed.returncode == -9, (killed.stdout, killed.stderr[-2000:])
+        assert Journal(root / "state").load().phase is Phase.INSTALLING
+        assert await rauc_device.reboot() == "B"  # RAUC armed B; its daemon never starts
+        settings = guard.load_settings(config_path, env={})
+        env = guard.Env(uptime=lambda: 3600.0, now=lambda: 2_000_000_000.0, sleep=lambda s: None, log=lambda m, level: None)
+        assert guard.run(settings, env) == 0
+        record = json.loads((root / "state" / "guard.json").read_text())
+        assert record["action"] == "reboot" and "on trial" in record["reason"], record
+        assert rauc_device.bootstate()["state_B"] == "bad"
+        assert await rauc_device.reboot_if_requested() == "A"
+        report = _check(config_path)
+        assert "rollback" in report.stdout and "ota-daemon-guard" in report.stdout, (report.stdout, report.stderr[-2000:])
+        again = _check(config_path)
+        assert "blocked" in again.stdout and "quarantined" in again.stdout, again.stdout
+    info = await _slots(rauc_device)
+    assert info.booted == "rootfs.0" and info.version_of("rootfs.0") == "1.0.0"
+    assert rauc_device.bootstate()["state_A"] == "good", rauc_device.bootstate()
+    kinds = _events(rauc_device)
+    assert kinds.count("rollback") == 1 and kinds.count("installing") == 1, kinds
+
+
 async def test_cut_after_rauc_mark_good_before_journal_the_guard_leaves_it(rauc_device: Any) -> None:
     """The gate passed and RAUC marked 2.0.0 good; the daemon dies before ``committed`` is
     journaled and the device reboots into B. The guard's timer fires before the daemon's next

@@ -304,7 +304,7 @@ def test_guard_imports_nothing_heavy() -> None:
 
 def test_guard_reads_the_daemons_journal(tmp_path: Path) -> None:
     """The journal the daemon writes (state.Journal) is read back by the guard: phase,
-    attempt id, boot id of the reboot request and the target slot."""
+    attempt id, boot id of the reboot request, the target slot and the slot it started from."""
     from ota_daemon.state import AssetRef, Attempt, Journal, Phase
 
     journal = Journal(tmp_path)
@@ -316,7 +316,7 @@ def test_guard_reads_the_daemons_journal(tmp_path: Path) -> None:
     journal.transition(Phase.INSTALLING, attempt=attempt)
     attempt.target_slot, attempt.boot_id = "b", "boot-7"
     journal.transition(Phase.REBOOTING, attempt=attempt)
-    assert guard.read_journal(tmp_path) == JournalFacts(phase="rebooting", attempt_id="a1b2c3", boot_id="boot-7", target_slot="b")
+    assert guard.read_journal(tmp_path) == JournalFacts(phase="rebooting", attempt_id="a1b2c3", boot_id="boot-7", target_slot="b", from_slot="a")
     (tmp_path / "journal.json").write_text("{torn")
     facts = guard.read_journal(tmp_path)
     assert facts.phase is None and facts.problem and "unreadable" in facts.problem
