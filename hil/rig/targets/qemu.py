@@ -26,6 +26,7 @@ boot-attempt variables, a real kernel, systemd running ``ota-daemon.service`` (w
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -36,7 +37,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pytest
 
@@ -95,7 +96,7 @@ def kvm_usable(disk: Path, timeout: float = 60.0) -> bool:
     def read() -> None:
         assert proc.stdout is not None
         data = b""
-        while chunk := proc.stdout.read1(4096):
+        while chunk := cast("io.BufferedReader", proc.stdout).read1(4096):
             data = (data + chunk)[-8192:]
             if b"HIL-UP" in data:
                 ok.set()
@@ -146,7 +147,7 @@ class QemuDevice:
         self._proc: subprocess.Popen[bytes] | None = None
         self._gen = 0
         self._boots: list[BootRecord] = []
-        self._next_reason = "power-on"
+        self._next_reason: str | None = "power-on"
         self._last_lines: list[str] = []
         self._panicked = False
         self._armed: list[str] = []
@@ -220,7 +221,7 @@ class QemuDevice:
     def _read_console(self, proc: subprocess.Popen[bytes], gen: int) -> None:
         assert proc.stdout is not None
         buf = b""
-        while chunk := proc.stdout.read1(4096):
+        while chunk := cast("io.BufferedReader", proc.stdout).read1(4096):
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for raw in lines:
@@ -418,7 +419,7 @@ class QemuDevice:
         order = [s.lower() for s in env.get("ORDER", "A B").split()]
 
         def good(s: str) -> bool:
-            return env.get(f"{s.upper()}_OK") == "1" and env.get(f"{s.upper()}_TRY") == "0"
+            return bool(env.get(f"{s.upper()}_OK") == "1" and env.get(f"{s.upper()}_TRY") == "0")
 
         nxt = next((s for s in order if good(s)), None)
         if good(booted):
