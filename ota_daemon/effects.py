@@ -67,6 +67,7 @@ from ota_daemon import faults
 # the power-cut mechanism lives in faults (below state, which reaches it for journal writes);
 # it is re-exported here, where code and tests meet the seam
 from ota_daemon.faults import (
+    CutOnce,
     Hook,
     PowerCut,
     hooked,
@@ -81,6 +82,7 @@ from ota_daemon.state import JOURNAL_SAVES, TRANSITIONS
 __all__ = [
     "EFFECTS",
     "PROGRESS_POINTS",
+    "CutOnce",
     "Hook",
     "PowerCut",
     "cut_points",

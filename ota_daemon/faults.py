@@ -88,6 +88,28 @@ def power_is_off() -> bool:
     return _off
 
 
+class CutOnce:
+    """A hook that records every point reached and cuts the power the first time ``point`` is
+    reached (``fired`` then). The usual hook of a power-cut test::
+
+        cut = effects.CutOnce("after:installer.install")
+        with effects.hooked(cut):
+            ...
+        assert cut.fired
+    """
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.reached: list[str] = []
+        self.fired = False
+
+    def __call__(self, at: str) -> None:
+        self.reached.append(at)
+        if not self.fired and at == self.point:
+            self.fired = True
+            raise PowerCut(at)
+
+
 @contextlib.contextmanager
 def hooked(hook: Hook) -> Iterator[None]:
     """:func:`set_hook` for the duration of a ``with`` block."""

@@ -21,14 +21,8 @@ from ota_daemon.model import FileSource
 @pytest.mark.parametrize("point", ["before:swupdate.booted-pin", "after:swupdate.booted-pin"])
 async def test_cut_around_the_booted_slot_pin(swupdate_device: SwupdateDevice, point: str) -> None:
     device = swupdate_device
-    armed = [point]
-
-    def hook(at: str) -> None:
-        if armed and at == armed[0]:
-            armed.pop()
-            raise effects.PowerCut(at)
-
-    with effects.hooked(hook):
+    cut = effects.CutOnce(point)
+    with effects.hooked(cut):
         with pytest.raises(effects.PowerCut):
             await device.installer().slot_info()
         effects.power_on()
@@ -38,7 +32,7 @@ async def test_cut_around_the_booted_slot_pin(swupdate_device: SwupdateDevice, p
         await installer.install(FileSource(device.make_swu("2.0.0")))
         assert device.env()["rootpart"] == "B"  # armed at install
         info = await device.installer().slot_info()
-    assert not armed
+    assert cut.fired
     assert (info.booted, info.pending) == ("A", "B"), info
     assert json.loads(installer.state_file.read_text())["booted"] == "A"
     assert not [p.name for p in installer.state_file.parent.rglob("*.tmp")]
