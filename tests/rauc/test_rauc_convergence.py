@@ -62,21 +62,47 @@ def _events(rauc_device: Any) -> list[str]:
     return [json.loads(x)["attributes"]["event"] for x in path.read_text().splitlines()]
 
 
+def _publish_v2(rauc_device: Any) -> Path:
+    """The repository with ``stable`` -> 2.0.0, a bundle for this device."""
+    repo: Path = rauc_device.root / "repository"
+    publish(repo, "fleet/system/stable", version="2.0.0", files=[("otatest.raucb", rauc_device.build_bundle("2.0.0"))])
+    return repo
+
+
+def _killed_at(config: Path, point: str) -> None:
+    """One ``check`` that the fault ``point`` kills (SIGKILL, as the watchdog or OOM would)."""
+    faults = config.parent / "faults.json"
+    faults.write_text(json.dumps([point]))
+    killed = _check(config, faults)
+    assert killed.returncode == -9, (killed.stdout, killed.stderr[-2000:])
+
+
+def _guard(config: Path) -> dict[str, Any] | None:
+    """One run of the guard (its real code and the real ``rauc`` CLI), an hour after boot;
+    returns what it recorded (``guard.json``), if anything."""
+    settings = guard.load_settings(config, env={})
+    env = guard.Env(uptime=lambda: 3600.0, now=lambda: 2_000_000_000.0, sleep=lambda s: None, log=lambda m, level: None)
+    assert guard.run(settings, env) == 0
+    record = config.parent / "state" / "guard.json"
+    return dict(json.loads(record.read_text())) if record.exists() else None
+
+
+def _guard_rebooted_the_trial(config: Path, rauc_device: Any) -> None:
+    record = _guard(config)
+    assert record is not None and record["action"] == "reboot" and "on trial" in record["reason"], record
+    assert rauc_device.bootstate()["state_B"] == "bad"
+
+
 @pytest.mark.parametrize("point", ["install:50", "after:installer.install"])
 async def test_cut_after_rauc_completed_before_journal_then_reboot(rauc_device: Any, point: str) -> None:
     """The daemon is killed while RAUC copies (RAUC finishes on its own) or right after RAUC's
     Completed, before ``rebooting`` is journaled; the device reboots before the next pass. It
     runs the new slot, the pass commits it, the old slot stays good, nothing is installed twice."""
     root: Path = rauc_device.root
-    repo = root / "repository"
-    publish(repo, "fleet/system/stable", version="2.0.0", files=[("otatest.raucb", rauc_device.build_bundle("2.0.0"))])
-    faults = root / "faults.json"
-    faults.write_text(json.dumps([point]))
-    with serve_directory(repo) as server:
+    with serve_directory(_publish_v2(rauc_device)) as server:
         config = root / "config.toml"
         config.write_text(to_toml(_tables(rauc_device, server.url)))
-        killed = _check(config, faults)
-        assert killed.returncode == -9, (killed.stdout, killed.stderr[-2000:])
+        _killed_at(config, point)
         assert Journal(root / "state").load().phase is Phase.INSTALLING
         installed = await _slots(rauc_device)  # waits while RAUC is still installing
         assert installed.pending == "rootfs.1" and installed.version_of("rootfs.1") == "2.0.0", installed
@@ -129,28 +155,20 @@ async def test_guard_reboots_a_stuck_rauc_trial(rauc_device: Any) -> None:
     journal holds an uncommitted trial. The guard (its real code, the real ``rauc`` CLI) marks
     the slot bad and reboots; A boots, and the daemon reports the rollback with the guard's reason."""
     root: Path = rauc_device.root
-    repo = root / "repository"
-    publish(repo, "fleet/system/stable", version="2.0.0", files=[("otatest.raucb", rauc_device.build_bundle("2.0.0"))])
-    with serve_directory(repo) as server:
-        tables = _tables(rauc_device, server.url)
+    with serve_directory(_publish_v2(rauc_device)) as server:
         config_path = root / "config.toml"
-        config_path.write_text(to_toml(tables))
+        config_path.write_text(to_toml(_tables(rauc_device, server.url)))
         first = _check(config_path)
         assert "rebooting" in first.stdout, (first.stdout, first.stderr[-2000:])
         assert await rauc_device.reboot_if_requested() == "B"
         # the new system's daemon never starts; guard.timeout later the guard looks
-        settings = guard.load_settings(config_path, env={})
-        env = guard.Env(uptime=lambda: 3600.0, now=lambda: 2_000_000_000.0, sleep=lambda s: None, log=lambda m, level: None)
-        assert guard.run(settings, env) == 0
-        record = json.loads((root / "state" / "guard.json").read_text())
-        assert record["action"] == "reboot" and "on trial" in record["reason"], record
-        assert rauc_device.bootstate()["state_B"] == "bad"
+        _guard_rebooted_the_trial(config_path, rauc_device)
         assert await rauc_device.reboot_if_requested() == "A"
         # the guard's timer fires again in this boot before the daemon's pass: A runs committed
         # (B is still primary but marked bad, as this custom bootloader backend reports it);
         # nothing to roll back (it used to mark A bad too: no good slot left)
         before = (root / "state" / "guard.json").read_text()
-        assert guard.run(settings, env) == 0
+        _guard(config_path)
         assert (root / "state" / "guard.json").read_text() == before
         assert rauc_device.bootstate()["state_A"] == "good", rauc_device.bootstate()
         assert await rauc_device.reboot_if_requested() is None
@@ -169,23 +187,13 @@ async def test_guard_reboots_a_trial_the_journal_still_calls_installing(rauc_dev
     is the attempt's trial: the guard marks it bad and reboots, A boots, and the daemon reports
     one rollback with the guard's reason instead of installing 2.0.0 again."""
     root: Path = rauc_device.root
-    repo = root / "repository"
-    publish(repo, "fleet/system/stable", version="2.0.0", files=[("otatest.raucb", rauc_device.build_bundle("2.0.0"))])
-    faults = root / "faults.json"
-    faults.write_text(json.dumps(["after:installer.install"]))
-    with serve_directory(repo) as server:
+    with serve_directory(_publish_v2(rauc_device)) as server:
         config_path = root / "config.toml"
         config_path.write_text(to_toml(_tables(rauc_device, server.url)))
-        killed = _check(config_path, faults)
-        assert killed.returncode == -9, (killed.stdout, killed.stderr[-2000:])
+        _killed_at(config_path, "after:installer.install")
         assert Journal(root / "state").load().phase is Phase.INSTALLING
         assert await rauc_device.reboot() == "B"  # RAUC armed B; its daemon never starts
-        settings = guard.load_settings(config_path, env={})
-        env = guard.Env(uptime=lambda: 3600.0, now=lambda: 2_000_000_000.0, sleep=lambda s: None, log=lambda m, level: None)
-        assert guard.run(settings, env) == 0
-        record = json.loads((root / "state" / "guard.json").read_text())
-        assert record["action"] == "reboot" and "on trial" in record["reason"], record
-        assert rauc_device.bootstate()["state_B"] == "bad"
+        _guard_rebooted_the_trial(config_path, rauc_device)
         assert await rauc_device.reboot_if_requested() == "A"
         report = _check(config_path)
         assert "rollback" in report.stdout and "ota-daemon-guard" in report.stdout, (report.stdout, report.stderr[-2000:])
@@ -205,24 +213,16 @@ async def test_cut_after_rauc_mark_good_before_journal_the_guard_leaves_it(rauc_
     guard leaves B alone (it used to mark the committed B bad and reboot into A); the next pass
     finishes the commit and reports one completion."""
     root: Path = rauc_device.root
-    repo = root / "repository"
-    publish(repo, "fleet/system/stable", version="2.0.0", files=[("otatest.raucb", rauc_device.build_bundle("2.0.0"))])
-    faults = root / "faults.json"
-    faults.write_text(json.dumps(["before:journal:committed"]))
-    with serve_directory(repo) as server:
+    with serve_directory(_publish_v2(rauc_device)) as server:
         config_path = root / "config.toml"
         config_path.write_text(to_toml(_tables(rauc_device, server.url)))
         first = _check(config_path)
         assert "rebooting" in first.stdout, (first.stdout, first.stderr[-2000:])
         assert await rauc_device.reboot_if_requested() == "B"
-        killed = _check(config_path, faults)
-        assert killed.returncode == -9, (killed.stdout, killed.stderr[-2000:])
+        _killed_at(config_path, "before:journal:committed")
         assert Journal(root / "state").load().phase is Phase.COMMITTING
         assert await rauc_device.reboot() == "B"
-        settings = guard.load_settings(config_path, env={})
-        env = guard.Env(uptime=lambda: 3600.0, now=lambda: 2_000_000_000.0, sleep=lambda s: None, log=lambda m, level: None)
-        assert guard.run(settings, env) == 0
-        assert not (root / "state" / "guard.json").exists()
+        assert _guard(config_path) is None
         assert rauc_device.bootstate()["state_B"] == "good", rauc_device.bootstate()
         done = _check(config_path)
         assert done.returncode == 0 and "completed" in done.stdout, (done.stdout, done.stderr[-2000:])
