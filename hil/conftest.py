@@ -45,6 +45,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench", metavar="FILE", default=os.environ.get("HIL_BENCH") or None, help="bench file for --target rpi (TOML; see hil/benches/example.toml)")
     group.addoption("--check-bench", action="store_true", help="with --target rpi: validate the bench file and reach the board, run no scenario")
     group.addoption("--report-dir", metavar="DIR", default=None, help="write timelines, artifacts, summary.md, timeline.png and junit.xml here")
+    group.addoption(
+        "--shard", metavar="K/N", default=None,
+        help="run only part K of N (1-based) of the selected scenarios, spread by their expected minutes (hil_qemu_ci(minutes=)); N runs side by side cover them all once",
+    )  # fmt: skip
     group.addoption("--time-scale", type=float, default=float(os.environ.get("HIL_TIME_SCALE") or 0) or None, help="stretch every scenario wait by this factor (default: 1; qemu: 6 under KVM, 40 under TCG)")
 
 
@@ -56,9 +60,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "hil_reboots(n): the reboot budget of the scenario (default 3)",
         "hil_allow_traceback: the daemon may log a traceback in this scenario",
         "hil_device(**options): options of the sim device (volatile_try, watchdog)",
-        "hil_qemu_ci: the subset CI runs on the qemu target (real bootloader, units, power cut)",
+        "hil_qemu_ci(minutes=n): the subset CI runs on the qemu target (real bootloader, units, power cut); minutes: its wall time there under TCG, which --shard balances",
     ):
         config.addinivalue_line("markers", line)
+    if config.getoption("--shard", None):
+        parse_shard(config.getoption("--shard"))  # a bad value is a usage error before collection
     report_dir = config.getoption("--report-dir", None)
     if report_dir and not getattr(config.option, "xmlpath", None):
         Path(report_dir).mkdir(parents=True, exist_ok=True)
@@ -83,6 +89,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     pytest.exit("bench check passed:\n  " + "\n  ".join(lines), returncode=0)
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected: --shard splits what is left
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     target = config.getoption("--target")
     for item in items:
@@ -90,6 +97,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if marker is not None and target not in (None, "sim"):
             reason = marker.args[0] if marker.args else "sim only"
             item.add_marker(pytest.mark.skip(reason=f"sim only: {reason}"))
+    shard = config.getoption("--shard")
+    if shard:
+        k, n = parse_shard(shard)
+        parts = shard_of([(item.nodeid, _minutes(item)) for item in items], n)
+        keep = [item for item in items if parts[item.nodeid] == k]
+        config.hook.pytest_deselected(items=[item for item in items if parts[item.nodeid] != k])
+        items[:] = keep
+
+
+def _minutes(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("hil_qemu_ci")
+    return float(marker.kwargs.get("minutes", DEFAULT_MINUTES)) if marker is not None else DEFAULT_MINUTES
+
+
+#: expected minutes of a scenario without ``hil_qemu_ci(minutes=)`` (for --shard)
+DEFAULT_MINUTES = 10.0
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; a usage error names the option otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise pytest.UsageError(f"--shard {value!r}: expected K/N with 1 <= K <= N, e.g. 1/2")
+    return int(m[1]), int(m[2])
+
+
+def shard_of(items: list[tuple[str, float]], shards: int) -> dict[str, int]:
+    """Longest first onto the least loaded of ``shards`` parts (1-based), ties by node id:
+    every run of the same selection splits it the same way, whatever the collection order."""
+    loads = [0.0] * shards
+    out: dict[str, int] = {}
+    for nodeid, minutes in sorted(items, key=lambda it: (-it[1], it[0])):
+        k = min(range(shards), key=lambda i: (loads[i], i))
+        loads[k] += minutes
+        out[nodeid] = k + 1
+    return out
 
 
 # =========================================================================== fixtures

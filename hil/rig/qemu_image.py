@@ -237,14 +237,23 @@ def bundle(built: Built, version: str, *, behaviour: str = "ok", compatible: str
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hil.rig.qemu_image", description="build (or reuse) the qemu target's image")
+    parser.add_argument("--booted", action="store_true", help="also the baseline device booted and saved (what each scenario starts from)")
+    args = parser.parse_args(argv)
     started = time.monotonic()
     try:
         built = ensure_image()
+        print(f"qemu image ready in {time.monotonic() - started:.1f}s: {built.disk}")
+        if args.booted:
+            from hil.rig.targets.qemu import ensure_booted
+
+            print(f"booted device ready in {time.monotonic() - started:.1f}s: {ensure_booted(built)}")
     except ImageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"qemu image ready in {time.monotonic() - started:.1f}s: {built.disk}")
     return 0
 
 

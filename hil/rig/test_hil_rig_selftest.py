@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,30 @@ def test_hil_rig_qemu_cuts_power_on_the_daemons_kill_line() -> None:
     assert cuts == ["fault point install:50"] and device._armed == []
     fired = device.recorder.select("fault", "fault-point")
     assert [e["point"] for e in fired] == ["install:50"]
+
+
+def _collected(*args: str) -> list[str]:
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "hil", "-p", "no:cacheprovider", "--collect-only", "-q", "--target", "qemu", *args],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode in (0, 5), out.stdout[-2000:] + out.stderr[-2000:]
+    return [line for line in out.stdout.splitlines() if "::" in line]
+
+
+def test_hil_rig_shards_split_the_selection_once_and_by_minutes() -> None:
+    """--shard K/N after -m: the N parts are disjoint, cover the selection, and the longest
+    scenario lands alone when it outweighs the others; a bad value is a usage error."""
+    from hil.conftest import parse_shard, shard_of
+
+    whole = _collected("-m", "hil_qemu_ci")
+    parts = [_collected("-m", "hil_qemu_ci", "--shard", f"{k}/2") for k in (1, 2)]
+    assert len(whole) >= 2 and all(parts), parts
+    assert sorted(parts[0] + parts[1]) == sorted(whole) and not set(parts[0]) & set(parts[1])
+    assert shard_of([("a", 30.0), ("b", 10.0), ("c", 10.0), ("d", 9.0)], 2) == {"a": 1, "b": 2, "c": 2, "d": 2}
+    assert shard_of([("x", 5.0), ("y", 5.0)], 2) == shard_of([("y", 5.0), ("x", 5.0)], 2) == {"x": 1, "y": 2}
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "1", "a/b"):
+        with pytest.raises(pytest.UsageError, match="--shard"):
+            parse_shard(bad)

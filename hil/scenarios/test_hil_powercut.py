@@ -56,7 +56,7 @@ def test_hil_06_power_cut_during_download(rig: Rig, point: str) -> None:
     assert total <= v2.size * 1.5 + 256 * 1024, f"{total} bytes fetched for a {v2.size}-byte image"
 
 
-@pytest.mark.parametrize("point", ["journal:installing", "install:1", pytest.param("install:50", marks=pytest.mark.hil_qemu_ci), "install:99"])
+@pytest.mark.parametrize("point", ["journal:installing", "install:1", pytest.param("install:50", marks=pytest.mark.hil_qemu_ci(minutes=3)), "install:99"])
 def test_hil_07_power_cut_during_slot_write(rig: Rig, point: str) -> None:
     """Cut while slot b is written (at the start, 1 %, 50 %, 99 %): a boots, b is not armed
     (never a try of a half-written slot); the next pass rewrites b whole and converges."""

@@ -26,7 +26,7 @@ def _no_retry_for(rig: Rig, asset: str, seconds: float, *, polls: int = 2) -> No
 
 @pytest.mark.hil_needs(dev.PAYLOADS)
 @pytest.mark.hil_reboots(3)
-@pytest.mark.hil_qemu_ci
+@pytest.mark.hil_qemu_ci(minutes=4.5)
 def test_hil_03_image_panics_on_boot(rig: Rig) -> None:
     """v2 panics when booted: the boot history shows the try of b failing and a return to
     a; the daemon on a sees "installed b, booted a", reports a rollback with the reason,
@@ -52,7 +52,7 @@ def test_hil_03_image_panics_on_boot(rig: Rig) -> None:
 
 @pytest.mark.hil_needs(dev.PAYLOADS)
 @pytest.mark.hil_reboots(2)
-@pytest.mark.hil_qemu_ci
+@pytest.mark.hil_qemu_ci(minutes=3)
 def test_hil_04_boots_but_unhealthy(rig: Rig) -> None:
     """v2 boots but its application never turns healthy: no commit; the daemon marks b bad
     and reboots back to a; the failure is reported naming the health check; exactly two
@@ -96,7 +96,7 @@ def test_hil_05_image_hangs(rig: Rig) -> None:
 
 @pytest.mark.hil_needs(dev.PAYLOADS, dev.GUARD)
 @pytest.mark.hil_reboots(2)
-@pytest.mark.hil_qemu_ci
+@pytest.mark.hil_qemu_ci(minutes=8)
 def test_hil_16_guard_reboots_a_trial_whose_daemon_never_starts(rig: Rig) -> None:
     """v2 boots but ota-daemon.service cannot start in it: nobody commits the trial, so
     ota-daemon-guard (its own timer, guard.timeout after boot) reboots, the bootloader's

@@ -13,7 +13,7 @@ from hil.rig.device import Rig, wait_until
 pytestmark = pytest.mark.hil
 
 
-@pytest.mark.hil_qemu_ci
+@pytest.mark.hil_qemu_ci(minutes=2)
 def test_hil_01_happy_path(rig: Rig) -> None:
     """v1 -> v2 by moving the tag: one download, slot b written with v2's bytes, exactly one
     reboot (a try boot of b), health OK, commit; default = active = b; v2 reported as
